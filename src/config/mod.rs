@@ -1,0 +1,20 @@
+//! What the user writes: the `*Spec` types (serde, unknown keys refused), loading with
+//! `${ENV}` and `${file:...}` substitution, and checks that report every problem with its
+//! field path and line. Nothing here opens a socket or builds a live object: `runtime`
+//! turns a spec into a running snapshot.
+
+pub mod error;
+pub mod load;
+pub mod locations;
+pub mod route;
+pub mod spec;
+pub mod units;
+pub mod upstream;
+pub mod validate;
+
+pub use error::{ConfigError, ConfigErrors, Problems};
+pub use load::{load_file, load_str, LoadedConfig};
+pub use route::*;
+pub use spec::*;
+pub use units::{Dur, Size};
+pub use upstream::*;

@@ -1,0 +1,301 @@
+//! The body type that travels through the pipeline.
+//!
+//! One enum instead of a boxed trait object: the proxy fast path (a request body read
+//! from the client, a response body read from an upstream) runs without an allocation
+//! per request. Streaming bodies carry an idle timer that is only allocated when a read
+//! actually has to wait, and may carry a hook that runs at the end of the stream (used by
+//! the upstream pool to take a connection back only after its response was read whole).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body as _, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use tokio::time::{Instant, Sleep};
+
+/// The error a body stream ends with. Carried as the boxed error hyper wants.
+#[derive(Debug)]
+pub enum BodyError {
+    /// No frame arrived within the idle timeout (`side` says whose body it was).
+    Idle { side: Side, after: Duration },
+    /// The body grew past its limit.
+    TooLarge { limit: u64 },
+    /// The stream broke: connection reset, bad chunk framing, and so on.
+    Broken { side: Side, cause: hyper::Error },
+    /// Any other error from a boxed body.
+    Other(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Which peer a body came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client.
+    Downstream,
+    /// A service behind the gateway.
+    Upstream,
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Idle { side, after } => {
+                write!(f, "{side:?} body idle for {} ms", after.as_millis())
+            }
+            Self::TooLarge { limit } => write!(f, "body larger than {limit} bytes"),
+            Self::Broken { side, cause } => write!(f, "{side:?} body broken: {cause}"),
+            Self::Other(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A request or response body.
+pub enum Body {
+    /// No body at all.
+    Empty,
+    /// A body already in memory (sent as one frame).
+    Full(Option<Bytes>),
+    /// A body streamed from a peer, with an idle timeout and an optional end hook.
+    Stream(Box<StreamBody>),
+    /// Anything else (transformed bodies, tests).
+    Boxed(BoxBody<Bytes, BoxError>),
+}
+
+impl Body {
+    /// A body holding `bytes`; an empty slice gives [`Body::Empty`].
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        let bytes = bytes.into();
+        if bytes.is_empty() {
+            Self::Empty
+        } else {
+            Self::Full(Some(bytes))
+        }
+    }
+
+    /// Streams `inner` from `side`, failing when no frame arrives within `idle`.
+    pub fn stream(inner: Incoming, side: Side, idle: Duration) -> Self {
+        Self::Stream(Box::new(StreamBody::new(inner, side, idle)))
+    }
+
+    /// Like [`Body::stream`], running `hook` when the stream ends cleanly. A stream that
+    /// has already ended runs the hook now and gives an empty body.
+    pub fn stream_with_hook(
+        inner: Incoming,
+        side: Side,
+        idle: Duration,
+        hook: Box<dyn EndHook>,
+    ) -> Self {
+        if http_body::Body::is_end_stream(&inner) {
+            hook.on_end();
+            return Self::Empty;
+        }
+        let mut s = StreamBody::new(inner, side, idle);
+        s.end_hook = Some(hook);
+        Self::Stream(Box::new(s))
+    }
+
+    /// The streamed body, to adjust its counter, hook or limit.
+    pub fn as_stream_mut(&mut self) -> Option<&mut StreamBody> {
+        match self {
+            Self::Stream(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Runs once when a streamed body has been read to its end, successfully.
+pub trait EndHook: Send + Sync {
+    /// Called at most once, at the end of a complete stream.
+    fn on_end(self: Box<Self>);
+}
+
+/// A body streamed from a peer: hyper's `Incoming` plus an idle timer, optional byte
+/// counter and optional end-of-stream hook.
+pub struct StreamBody {
+    inner: Incoming,
+    side: Side,
+    idle: Duration,
+    timer: Option<Pin<Box<Sleep>>>,
+    counter: Option<Arc<AtomicU64>>,
+    end_hook: Option<Box<dyn EndHook>>,
+    limit: Option<u64>,
+    seen: u64,
+}
+
+impl StreamBody {
+    fn new(inner: Incoming, side: Side, idle: Duration) -> Self {
+        Self {
+            inner,
+            side,
+            idle,
+            timer: None,
+            counter: None,
+            end_hook: None,
+            limit: None,
+            seen: 0,
+        }
+    }
+
+    /// Adds every data byte read to `counter`.
+    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        self.counter = Some(counter);
+    }
+
+    /// Runs `hook` when the stream ends cleanly.
+    pub fn on_end(&mut self, hook: Box<dyn EndHook>) {
+        self.end_hook = Some(hook);
+    }
+
+    /// Fails the stream once more than `limit` data bytes were read.
+    pub fn limit(&mut self, limit: u64) {
+        self.limit = Some(limit);
+    }
+
+    fn poll_timer(&mut self, cx: &mut Context<'_>) -> Poll<BodyError> {
+        let idle = self.idle;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(BodyError::Idle {
+                side: self.side,
+                after: idle,
+            }),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn progressed(&mut self, len: usize) -> Result<(), BodyError> {
+        if let Some(timer) = self.timer.as_mut() {
+            timer.as_mut().reset(Instant::now() + self.idle);
+        }
+        self.seen += len as u64;
+        if let Some(counter) = &self.counter {
+            counter.fetch_add(len as u64, Ordering::Relaxed);
+        }
+        match self.limit {
+            Some(limit) if self.seen > limit => Err(BodyError::TooLarge { limit }),
+            _ => Ok(()),
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(hook) = self.end_hook.take() {
+            hook.on_end();
+        }
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let len = frame.data_ref().map_or(0, |d| d.len());
+                if let Err(e) = self.progressed(len) {
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                if self.inner.is_end_stream() {
+                    self.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(cause))) => {
+                self.end_hook = None;
+                let side = self.side;
+                Poll::Ready(Some(Err(Box::new(BodyError::Broken { side, cause }))))
+            }
+            Poll::Ready(None) => {
+                self.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => match self.poll_timer(cx) {
+                Poll::Ready(e) => {
+                    self.end_hook = None;
+                    Poll::Ready(Some(Err(Box::new(e))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            Body::Empty => Poll::Ready(None),
+            Body::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Body::Stream(s) => s.poll_frame(cx),
+            Body::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Body::Empty => true,
+            Body::Full(data) => data.is_none(),
+            Body::Stream(s) => s.inner.is_end_stream(),
+            Body::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Body::Empty => SizeHint::with_exact(0),
+            Body::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Body::Stream(s) => s.inner.size_hint(),
+            Body::Boxed(b) => b.size_hint(),
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body::full(b)
+    }
+}
+
+impl From<String> for Body {
+    fn from(s: String) -> Self {
+        Body::full(s)
+    }
+}
+
+impl From<&'static str> for Body {
+    fn from(s: &'static str) -> Self {
+        Body::full(Bytes::from_static(s.as_bytes()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn full_body_yields_one_frame_then_ends() {
+        let mut b = Body::full("hello");
+        assert!(!http_body::Body::is_end_stream(&b));
+        assert_eq!(http_body::Body::size_hint(&b).exact(), Some(5));
+        let bytes = (&mut b).collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"hello");
+        assert!(http_body::Body::is_end_stream(&b));
+    }
+
+    #[test]
+    fn empty_bytes_make_an_empty_body() {
+        assert!(matches!(Body::full(""), Body::Empty));
+    }
+}

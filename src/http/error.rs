@@ -1,0 +1,247 @@
+//! `GatewayError`: every way a request can fail, in one enum.
+//!
+//! Each variant knows which side caused it, its HTTP status, a stable code used in logs,
+//! metrics and the JSON error body, and whether a retry could help. An error becomes bytes
+//! in one place only ([`GatewayError::into_response`]); internal causes are logged, never
+//! sent to the client.
+
+use bytes::Bytes;
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::StatusCode;
+
+use super::{Body, Response};
+
+/// Who caused an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSide {
+    /// The client sent something the gateway refuses.
+    Downstream,
+    /// A service behind the gateway failed.
+    Upstream,
+    /// The gateway itself (configuration or an internal fault).
+    Gateway,
+}
+
+/// Every failure of a request, as the client and the logs see it.
+#[derive(Debug)]
+pub enum GatewayError {
+    /// No route matches the request.
+    RouteNotFound,
+    /// A route matches the path but not the method; `allow` lists the methods that would.
+    MethodNotAllowed { allow: HeaderValue },
+    /// The request is malformed; the text says how (it is sent to the client).
+    BadRequest(&'static str),
+    /// The body is larger than the route allows.
+    PayloadTooLarge,
+    /// The client stopped sending its body for longer than the idle timeout.
+    RequestTimeout,
+    /// The request already passed through this gateway too many times.
+    LoopDetected,
+    /// A policy refused the request: 401.
+    Unauthorized(&'static str),
+    /// A policy refused the request: 403.
+    Forbidden(&'static str),
+    /// No endpoint of the upstream can take the request.
+    NoEndpoint { upstream: String },
+    /// Connecting to the upstream failed or timed out.
+    UpstreamConnect { upstream: String, cause: String },
+    /// The upstream did not answer within the request timeout.
+    UpstreamTimeout { upstream: String },
+    /// The upstream closed or reset the connection before a complete response head.
+    UpstreamReset { upstream: String, cause: String },
+    /// The upstream sent something that is not valid HTTP.
+    UpstreamProtocol { upstream: String, cause: String },
+    /// A fault inside the gateway.
+    Internal(String),
+}
+
+impl GatewayError {
+    /// The HTTP status the client receives.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::LoopDetected => StatusCode::LOOP_DETECTED,
+            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamConnect { .. }
+            | Self::UpstreamReset { .. }
+            | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A stable, machine-readable code: part of the public contract (JSON body, logs,
+    /// metrics). Never change one; add a new one.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::BadRequest(_) => "bad_request",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
+            Self::LoopDetected => "loop_detected",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Forbidden(_) => "forbidden",
+            Self::NoEndpoint { .. } => "no_endpoint",
+            Self::UpstreamConnect { .. } => "upstream_connect_failed",
+            Self::UpstreamTimeout { .. } => "upstream_timeout",
+            Self::UpstreamReset { .. } => "upstream_reset",
+            Self::UpstreamProtocol { .. } => "upstream_protocol_error",
+            Self::Internal(_) => "internal_error",
+        }
+    }
+
+    /// Who caused the error.
+    pub fn side(&self) -> ErrorSide {
+        match self {
+            Self::RouteNotFound
+            | Self::MethodNotAllowed { .. }
+            | Self::BadRequest(_)
+            | Self::PayloadTooLarge
+            | Self::RequestTimeout
+            | Self::LoopDetected
+            | Self::Unauthorized(_)
+            | Self::Forbidden(_) => ErrorSide::Downstream,
+            Self::NoEndpoint { .. }
+            | Self::UpstreamConnect { .. }
+            | Self::UpstreamTimeout { .. }
+            | Self::UpstreamReset { .. }
+            | Self::UpstreamProtocol { .. } => ErrorSide::Upstream,
+            Self::Internal(_) => ErrorSide::Gateway,
+        }
+    }
+
+    /// Whether another attempt (on another endpoint) could succeed.
+    pub fn retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::UpstreamConnect { .. } | Self::UpstreamReset { .. } | Self::NoEndpoint { .. }
+        )
+    }
+
+    /// The text sent to the client: says what happened, never why inside.
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            Self::RouteNotFound => "no route matches this request",
+            Self::MethodNotAllowed { .. } => "method not allowed on this route",
+            Self::BadRequest(reason) => reason,
+            Self::PayloadTooLarge => "request body too large",
+            Self::RequestTimeout => "request body not received in time",
+            Self::LoopDetected => "request loop detected",
+            Self::Unauthorized(reason) | Self::Forbidden(reason) => reason,
+            Self::NoEndpoint { .. } => "no upstream endpoint available",
+            Self::UpstreamConnect { .. } => "could not connect to the upstream service",
+            Self::UpstreamTimeout { .. } => "the upstream service did not answer in time",
+            Self::UpstreamReset { .. } => "the upstream service closed the connection",
+            Self::UpstreamProtocol { .. } => "the upstream service sent an invalid response",
+            Self::Internal(_) => "internal gateway error",
+        }
+    }
+
+    /// The internal cause, for the logs only.
+    pub fn cause(&self) -> Option<&str> {
+        match self {
+            Self::UpstreamConnect { cause, .. }
+            | Self::UpstreamReset { cause, .. }
+            | Self::UpstreamProtocol { cause, .. }
+            | Self::Internal(cause) => Some(cause),
+            _ => None,
+        }
+    }
+
+    /// Renders the error as the client sees it: the status and a JSON body
+    /// `{"error":{"status":..,"code":"..","message":"..","request_id":".."}}`.
+    pub fn into_response(self, request_id: &str) -> Response {
+        let status = self.status();
+        let body = error_json(
+            status.as_u16(),
+            self.code(),
+            self.public_message(),
+            request_id,
+        );
+        let mut resp = http::Response::new(Body::full(body));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Self::MethodNotAllowed { allow } = self {
+            headers.insert(ALLOW, allow);
+        }
+        resp
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.code())?;
+        if let Some(cause) = self.cause() {
+            write!(f, ": {cause}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
+/// The JSON error body shared by every error response of the gateway.
+pub fn error_json(status: u16, code: &str, message: &str, request_id: &str) -> Bytes {
+    let value = serde_json::json!({
+        "error": {
+            "status": status,
+            "code": code,
+            "message": message,
+            "request_id": request_id,
+        }
+    });
+    Bytes::from(value.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn renders_stable_json_and_allow_header() {
+        let err = GatewayError::MethodNotAllowed {
+            allow: HeaderValue::from_static("GET, HEAD"),
+        };
+        assert_eq!(err.side(), ErrorSide::Downstream);
+        let resp = err.into_response("req-1");
+        assert_eq!(resp.status(), 405);
+        assert_eq!(resp.headers()[ALLOW], "GET, HEAD");
+        assert_eq!(resp.headers()[CONTENT_TYPE], "application/json");
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "method_not_allowed");
+        assert_eq!(v["error"]["status"], 405);
+        assert_eq!(v["error"]["request_id"], "req-1");
+    }
+
+    #[test]
+    fn internal_causes_stay_out_of_the_public_message() {
+        let err = GatewayError::UpstreamConnect {
+            upstream: "users".into(),
+            cause: "connection refused (os error 111) to 10.0.0.7:80".into(),
+        };
+        assert_eq!(err.status(), 502);
+        assert!(err.retryable());
+        assert!(!err.public_message().contains("10.0.0.7"));
+        assert!(err.to_string().contains("10.0.0.7"));
+    }
+
+    #[test]
+    fn timeouts_are_504_and_not_retryable() {
+        let err = GatewayError::UpstreamTimeout {
+            upstream: "users".into(),
+        };
+        assert_eq!(err.status(), 504);
+        assert_eq!(err.code(), "upstream_timeout");
+        assert!(!err.retryable());
+    }
+}

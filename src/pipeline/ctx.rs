@@ -1,0 +1,101 @@
+//! `RequestCtx`: what the gateway knows about one request while it is handled. Built by
+//! the server before routing; policies and targets read it and add to it; the access log
+//! and metrics read it at the end.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Uri, Version};
+use tokio::time::Instant;
+
+use crate::router::Params;
+use crate::telemetry::metrics::RouteStats;
+
+/// Per-request state. Policies are shared by all requests; whatever belongs to one
+/// request lives here (typed `extensions` for what policies hand to each other).
+pub struct RequestCtx {
+    /// The correlation id (incoming `X-Request-ID` or a new UUIDv7).
+    pub request_id: HeaderValue,
+    /// When the request head was received.
+    pub started: Instant,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The client address (the peer, or from `X-Forwarded-For` via trusted proxies).
+    pub client_ip: IpAddr,
+    /// Whether the peer is a trusted proxy.
+    pub peer_trusted: bool,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    /// The listener that accepted the connection.
+    pub listener: Arc<str>,
+    /// The request method.
+    pub method: Method,
+    /// The request target as received.
+    pub uri: Uri,
+    /// The host the client asked for (`Host` or `:authority`), as sent.
+    pub host: HeaderValue,
+    /// The HTTP version of the client's request.
+    pub version: Version,
+    /// The matched route's name.
+    pub route: Option<Arc<str>>,
+    /// The matched route's path parameters (ranges into `uri.path()`).
+    pub params: Params,
+    /// The upstream that answered (or was tried).
+    pub upstream: Option<Arc<str>>,
+    /// The endpoint that answered (or was tried).
+    pub endpoint: Option<SocketAddr>,
+    /// Time spent waiting for the upstream's response head.
+    pub upstream_time: Option<Duration>,
+    /// The stable code of the error that ended the request, if any.
+    pub error: Option<&'static str>,
+    /// The counters this request is recorded in (route and upstream).
+    pub stats: Option<Arc<RouteStats>>,
+    /// Typed values policies hand to each other.
+    pub extensions: http::Extensions,
+}
+
+impl RequestCtx {
+    /// The value of path parameter `name`.
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params.get(name, self.uri.path())
+    }
+
+    /// The host as a string (empty when not ASCII).
+    pub fn host_str(&self) -> &str {
+        self.host.to_str().unwrap_or("")
+    }
+
+    /// The request id as a string.
+    pub fn request_id_str(&self) -> &str {
+        self.request_id.to_str().unwrap_or("")
+    }
+}
+
+#[cfg(test)]
+impl RequestCtx {
+    /// A context for unit tests: `GET http://api.test/users/7` from 10.0.0.1.
+    pub fn for_test() -> Self {
+        Self {
+            request_id: HeaderValue::from_static("test-id"),
+            started: Instant::now(),
+            peer: "10.0.0.1:40000".parse().expect("literal address"),
+            client_ip: "10.0.0.1".parse().expect("literal address"),
+            peer_trusted: false,
+            scheme: "http",
+            listener: Arc::from("public"),
+            method: Method::GET,
+            uri: Uri::from_static("/users/7"),
+            host: HeaderValue::from_static("api.test"),
+            version: Version::HTTP_11,
+            route: Some(Arc::from("users")),
+            params: Params::default(),
+            upstream: None,
+            endpoint: None,
+            upstream_time: None,
+            error: None,
+            stats: None,
+            extensions: http::Extensions::new(),
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! Compiling a configuration into a [`Snapshot`]: routers, pipelines, targets and
+//! clusters. Every problem found (bad pattern, bad regex, unknown template variable) is
+//! reported with its field path; nothing is started here, so `validate` and `explain`
+//! compile exactly what `run` would.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock, Weak};
+
+use http::header::{HeaderName, HeaderValue};
+
+use super::snapshot::{ListenerRoutes, RouteBinding, RouteSummary, Snapshot};
+use crate::config::upstream::TimeoutsSpec;
+use crate::config::validate::{parse_net, KeySource};
+use crate::config::{ConfigErrors, GatewaySpec, LoadedConfig, Problems, RouteSpec};
+use crate::http::forwarded::TrustedProxies;
+use crate::pipeline::Pipeline;
+use crate::policies::PolicySpec;
+use crate::policies::{BuildCx, Policy};
+use crate::router::rewrite::Rewrite;
+use crate::router::{Conditions, Entry, Pattern, RouterBuilder};
+use crate::targets::forward::via_values;
+use crate::targets::respond::Respond;
+use crate::targets::split::Split;
+use crate::targets::{Binding, Forward, HostHeader, ProxySettings, Target, Timeouts};
+use crate::telemetry::metrics::Metrics;
+use crate::upstream::dns::Resolve;
+use crate::upstream::Cluster;
+
+/// What compiling may reuse or create: counters, resolver, clusters of the previous
+/// snapshot.
+pub struct CompileEnv<'a> {
+    /// Metric registries.
+    pub metrics: &'a Arc<Metrics>,
+    /// Name resolution for new clusters.
+    pub resolver: &'a Arc<dyn Resolve>,
+    /// Live clusters by name, from earlier snapshots.
+    pub clusters: &'a HashMap<String, Weak<Cluster>>,
+}
+
+/// Compiles `config`. The snapshot has no access log yet and its clusters are not
+/// started; the runtime does both when it activates the snapshot.
+pub fn compile(
+    config: Arc<LoadedConfig>,
+    generation: u64,
+    env: &CompileEnv<'_>,
+) -> Result<Snapshot, ConfigErrors> {
+    let spec = &config.spec;
+    let mut p = Problems::default();
+    let clusters = build_clusters(spec, env);
+    let settings = Arc::new(proxy_settings(spec));
+    let mut builders: Vec<RouterBuilder<RouteBinding>> = spec
+        .listeners
+        .iter()
+        .map(|_| RouterBuilder::default())
+        .collect();
+    let mut routes = Vec::new();
+    for (order, route) in spec.routes.iter().enumerate() {
+        let path = format!("routes[{order}]");
+        if let Some(summary) = compile_route(
+            &path,
+            order,
+            route,
+            spec,
+            &clusters,
+            &settings,
+            env,
+            &mut builders,
+            &mut p,
+        ) {
+            routes.push(summary);
+        }
+    }
+    if !p.is_empty() {
+        return Err(p.into_errors(&config.locations));
+    }
+    let listeners = spec
+        .listeners
+        .iter()
+        .zip(builders)
+        .map(|(l, b)| ListenerRoutes {
+            name: Arc::from(l.name.as_str()),
+            router: b.build(),
+        })
+        .collect();
+    Ok(Snapshot {
+        generation,
+        listeners,
+        routes,
+        clusters: clusters.into_values().collect(),
+        settings,
+        access_log: OnceLock::new(),
+        unmatched: env.metrics.route("", ""),
+        body_idle: Timeouts::DEFAULT.idle,
+        config,
+    })
+}
+
+fn build_clusters(spec: &GatewaySpec, env: &CompileEnv<'_>) -> HashMap<String, Arc<Cluster>> {
+    spec.upstreams
+        .iter()
+        .map(|(name, up)| {
+            let reused = env
+                .clusters
+                .get(name)
+                .and_then(Weak::upgrade)
+                .filter(|c| c.serves(up));
+            let cluster = reused.unwrap_or_else(|| {
+                Cluster::new(name, up, env.resolver.clone(), env.metrics.upstream(name))
+            });
+            (name.clone(), cluster)
+        })
+        .collect()
+}
+
+fn proxy_settings(spec: &GatewaySpec) -> ProxySettings {
+    let s = &spec.server;
+    ProxySettings {
+        trusted: TrustedProxies::new(
+            s.trusted_proxies
+                .iter()
+                .filter_map(|n| parse_net(n))
+                .collect(),
+        ),
+        via: via_values(&s.via),
+        pseudonym: s.via.clone(),
+        max_hops: s.max_hops,
+        request_id_header: HeaderName::from_bytes(s.request_id_header.as_bytes())
+            .unwrap_or(HeaderName::from_static("x-request-id")),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn compile_route(
+    path: &str,
+    order: usize,
+    route: &RouteSpec,
+    spec: &GatewaySpec,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    settings: &Arc<ProxySettings>,
+    env: &CompileEnv<'_>,
+    builders: &mut [RouterBuilder<RouteBinding>],
+    p: &mut Problems,
+) -> Option<RouteSummary> {
+    let m = &route.matcher;
+    let pattern = match (&m.path, &m.prefix) {
+        (Some(text), _) => Pattern::path(text)
+            .map_err(|e| p.push(format!("{path}.match.path"), e))
+            .ok(),
+        (None, Some(text)) => Pattern::prefix(text)
+            .map_err(|e| p.push(format!("{path}.match.prefix"), e))
+            .ok(),
+        (None, None) => Pattern::prefix("/").ok(),
+    }?;
+    let params = pattern.param_names();
+    let conditions = Arc::new(Conditions::compile(&format!("{path}.match"), m, p));
+    let target = Arc::new(build_target(
+        path, route, spec, clusters, settings, &params, env, p,
+    )?);
+    let stats = env.metrics.route(&route.name, "");
+    let entry_params: Arc<[String]> = params.clone().into();
+    let mut cache: Vec<(Vec<*const PolicySpec>, Arc<Pipeline>)> = Vec::new();
+    let mut first_policies = None;
+    for (li, listener) in spec.listeners.iter().enumerate() {
+        if !route.listeners.is_empty() && !route.listeners.contains(&listener.name) {
+            continue;
+        }
+        let hosts: Vec<Option<&str>> = if m.hosts.is_empty() {
+            vec![None]
+        } else {
+            m.hosts.iter().map(|h| Some(h.as_str())).collect()
+        };
+        for host in hosts {
+            let chosen = policy_list(route, spec, li, host);
+            let key: Vec<*const PolicySpec> = chosen
+                .iter()
+                .map(|(_, s)| *s as *const PolicySpec)
+                .collect();
+            let pipeline = match cache.iter().find(|(k, _)| *k == key) {
+                Some((_, pl)) => pl.clone(),
+                None => {
+                    let cx = BuildCx {
+                        route: &route.name,
+                        params: &params,
+                    };
+                    let policies: Vec<Policy> = chosen
+                        .iter()
+                        .filter_map(|(at, s)| s.build(at, &cx, p))
+                        .collect();
+                    first_policies.get_or_insert_with(|| {
+                        chosen.iter().map(|(_, s)| label(s)).collect::<Vec<_>>()
+                    });
+                    let pl = Arc::new(Pipeline::new(policies, target.clone()));
+                    cache.push((key, pl.clone()));
+                    pl
+                }
+            };
+            let entry = Arc::new(Entry {
+                name: Arc::from(route.name.as_str()),
+                order,
+                conditions: conditions.clone(),
+                params: entry_params.clone(),
+                value: RouteBinding {
+                    pipeline,
+                    stats: stats.clone(),
+                },
+            });
+            builders[li].insert(host, &pattern, entry);
+        }
+    }
+    Some(summary(
+        route,
+        spec,
+        first_policies.unwrap_or_default(),
+        target.describe(),
+    ))
+}
+
+/// The ordered policies of a route on one listener and host pattern, each with its
+/// config path: defaults, listener, host defaults, then the route's own; minus skips.
+fn policy_list<'s>(
+    route: &'s RouteSpec,
+    spec: &'s GatewaySpec,
+    listener: usize,
+    host: Option<&str>,
+) -> Vec<(String, &'s PolicySpec)> {
+    let skipped = |s: &PolicySpec| {
+        route
+            .skip_policies
+            .iter()
+            .any(|k| k == s.kind() || Some(k.as_str()) == s.name())
+    };
+    let mut out = Vec::new();
+    for (i, s) in spec.defaults.policies.iter().enumerate() {
+        out.push((format!("defaults.policies[{i}]"), s));
+    }
+    for (i, s) in spec.listeners[listener].policies.iter().enumerate() {
+        out.push((format!("listeners[{listener}].policies[{i}]"), s));
+    }
+    if let Some(h) = host {
+        for (hi, hd) in spec.hosts.iter().enumerate() {
+            if hd.hosts.iter().any(|x| x.eq_ignore_ascii_case(h)) {
+                for (i, s) in hd.policies.iter().enumerate() {
+                    out.push((format!("hosts[{hi}].policies[{i}]"), s));
+                }
+            }
+        }
+    }
+    out.retain(|(_, s)| !skipped(s));
+    let own = spec
+        .routes
+        .iter()
+        .position(|r| std::ptr::eq(r, route))
+        .unwrap_or(0);
+    for (i, s) in route.policies.iter().enumerate() {
+        out.push((format!("routes[{own}].policies[{i}]"), s));
+    }
+    out
+}
+
+fn label(s: &PolicySpec) -> String {
+    match s.name() {
+        Some(n) => format!("{}:{n}", s.kind()),
+        None => s.kind().to_string(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn build_target(
+    path: &str,
+    route: &RouteSpec,
+    spec: &GatewaySpec,
+    clusters: &HashMap<String, Arc<Cluster>>,
+    settings: &Arc<ProxySettings>,
+    params: &[String],
+    env: &CompileEnv<'_>,
+    p: &mut Problems,
+) -> Option<Target> {
+    if let Some(r) = &route.respond {
+        return Respond::build(&format!("{path}.respond"), r, params, p).map(Target::Respond);
+    }
+    let forward = Forward {
+        rewrite: Rewrite::compile(
+            &format!("{path}.rewrite"),
+            route.rewrite.as_ref(),
+            params,
+            p,
+        ),
+        host_header: match route.host_header.as_str() {
+            "preserve" => HostHeader::Preserve,
+            "upstream" => HostHeader::Upstream,
+            other => HostHeader::Fixed(HeaderValue::from_str(other).ok()?),
+        },
+        websocket: route.websocket,
+        settings: settings.clone(),
+    };
+    let bind = |name: &str| -> Option<Binding> {
+        let cluster = clusters.get(name)?.clone();
+        let t = route
+            .timeouts
+            .or(cluster.spec().timeouts)
+            .or(spec.defaults.timeouts)
+            .or(TimeoutsSpec::default());
+        let d = Timeouts::DEFAULT;
+        let timeouts = Timeouts {
+            connect: t.connect.map_or(d.connect, |x| x.0),
+            request: t.request.map_or(d.request, |x| x.0),
+            idle: t.idle.map_or(d.idle, |x| x.0),
+        };
+        Some(Binding {
+            cluster,
+            timeouts,
+            stats: env.metrics.route(&route.name, name),
+        })
+    };
+    if let Some(up) = &route.upstream {
+        return Some(Target::Upstream {
+            forward,
+            binding: bind(up)?,
+        });
+    }
+    let split = route.split.as_ref()?;
+    let sides = split
+        .to
+        .iter()
+        .map(|s| Some((bind(&s.upstream)?, s.weight)))
+        .collect::<Option<Vec<_>>>()?;
+    let sticky = split
+        .sticky
+        .as_deref()
+        .and_then(|k| KeySource::parse(k).ok());
+    Some(Target::Split {
+        forward,
+        split: Split::new(sides, sticky),
+    })
+}
+
+fn summary(
+    route: &RouteSpec,
+    spec: &GatewaySpec,
+    policies: Vec<String>,
+    target: String,
+) -> RouteSummary {
+    let m = &route.matcher;
+    let listeners = if route.listeners.is_empty() {
+        spec.listeners.iter().map(|l| l.name.clone()).collect()
+    } else {
+        route.listeners.clone()
+    };
+    let path = match (&m.path, &m.prefix) {
+        (Some(x), _) => format!("path {x}"),
+        (None, Some(x)) => format!("prefix {x}"),
+        (None, None) => "prefix /".into(),
+    };
+    let describe = |kind: &str, v: &crate::config::ValueMatchSpec| {
+        let test = match (&v.exact, &v.regex, v.present) {
+            (Some(e), _, _) => format!("= {e:?}"),
+            (_, Some(r), _) => format!("~ /{r}/"),
+            (_, _, Some(true)) => "present".into(),
+            _ => "absent".into(),
+        };
+        format!("{kind} {} {test}", v.name)
+    };
+    let conditions = m
+        .headers
+        .iter()
+        .map(|h| describe("header", h))
+        .chain(m.query.iter().map(|q| describe("query", q)))
+        .collect();
+    RouteSummary {
+        name: route.name.clone(),
+        listeners,
+        hosts: m.hosts.clone(),
+        path,
+        methods: m.methods.clone(),
+        conditions,
+        policies,
+        target,
+    }
+}
+
+/// Compiles `config` without starting anything: what `turnpike validate` runs.
+pub fn check(config: LoadedConfig) -> Result<(), ConfigErrors> {
+    let metrics = Arc::new(Metrics::default());
+    let resolver: Arc<dyn Resolve> = Arc::new(crate::upstream::dns::SystemResolver);
+    let env = CompileEnv {
+        metrics: &metrics,
+        resolver: &resolver,
+        clusters: &HashMap::new(),
+    };
+    compile(Arc::new(config), 1, &env).map(|_| ())
+}

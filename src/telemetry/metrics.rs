@@ -1,0 +1,332 @@
+//! Prometheus metrics, kept in atomics.
+//!
+//! The request path never takes a lock: each compiled route holds `Arc`s to its own
+//! counters, looked up once per snapshot. The registries behind them (keyed by route and
+//! upstream name) survive reloads, so counters keep counting when the config changes.
+//! `/metrics` renders the text exposition format.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use http::Method;
+
+/// The method label values; anything else counts as `OTHER`.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "OTHER",
+];
+/// The status class label values.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Upper bounds of the latency histogram buckets, in seconds.
+pub const BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// The label index of a method.
+pub fn method_index(m: &Method) -> usize {
+    METHODS.iter().position(|n| *n == m.as_str()).unwrap_or(7)
+}
+
+/// The label index of a status.
+pub fn class_index(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
+/// One histogram (with its count) for one label set.
+#[derive(Default)]
+struct Cell {
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// Request counters and latency of one (route, upstream) pair.
+pub struct RouteStats {
+    route: Arc<str>,
+    upstream: Arc<str>,
+    cells: [[OnceLock<Box<Cell>>; 5]; 8],
+}
+
+impl RouteStats {
+    fn new(route: Arc<str>, upstream: Arc<str>) -> Self {
+        Self {
+            route,
+            upstream,
+            cells: Default::default(),
+        }
+    }
+
+    /// Counts one finished request. Lock-free; allocates only the first time a
+    /// (method, status class) pair is seen.
+    pub fn record(&self, method: usize, status: u16, elapsed: Duration) {
+        let cell = self.cells[method.min(7)][class_index(status)].get_or_init(Box::default);
+        let secs = elapsed.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        cell.buckets[bucket].fetch_add(1, Relaxed);
+        cell.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// Requests counted so far for one method and status class.
+    pub fn count(&self, method: usize, class: usize) -> u64 {
+        self.cells[method][class]
+            .get()
+            .map_or(0, |c| c.buckets.iter().map(|b| b.load(Relaxed)).sum())
+    }
+}
+
+/// Failure counters of one upstream.
+#[derive(Default)]
+pub struct UpstreamStats {
+    /// Connections that could not be opened (refused, unreachable, connect timeout).
+    pub connect_errors: AtomicU64,
+    /// Requests that hit the request timeout.
+    pub timeouts: AtomicU64,
+    /// Connections reset or closed before a complete response head.
+    pub resets: AtomicU64,
+    /// Connections opened.
+    pub connections_opened: AtomicU64,
+}
+
+/// Every metric of the process.
+#[derive(Default)]
+pub struct Metrics {
+    /// Requests being handled now.
+    pub in_flight: AtomicI64,
+    /// Client connections open now.
+    pub connections_active: AtomicI64,
+    /// Client connections accepted since start.
+    pub connections_total: AtomicU64,
+    /// Successful reloads.
+    pub reloads_success: AtomicU64,
+    /// Rejected reloads.
+    pub reloads_failure: AtomicU64,
+    /// Unix time of the last successful (re)load.
+    pub last_reload_success: AtomicU64,
+    /// Access-log lines dropped because the writer fell behind.
+    pub access_log_dropped: AtomicU64,
+    routes: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<RouteStats>>>,
+    upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Metrics {
+    /// The counters of `route` when answered by `upstream` (empty for local answers).
+    /// Called when a snapshot is compiled, never per request.
+    pub fn route(&self, route: &str, upstream: &str) -> Arc<RouteStats> {
+        let mut map = lock(&self.routes);
+        map.entry((Arc::from(route), Arc::from(upstream)))
+            .or_insert_with(|| Arc::new(RouteStats::new(Arc::from(route), Arc::from(upstream))))
+            .clone()
+    }
+
+    /// The failure counters of `upstream`.
+    pub fn upstream(&self, upstream: &str) -> Arc<UpstreamStats> {
+        lock(&self.upstreams)
+            .entry(Arc::from(upstream))
+            .or_default()
+            .clone()
+    }
+
+    /// Forgets counters that no live snapshot uses any more (after a reload).
+    pub fn prune(&self) {
+        lock(&self.routes).retain(|_, v| Arc::strong_count(v) > 1);
+        lock(&self.upstreams).retain(|_, v| Arc::strong_count(v) > 1);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(16 * 1024);
+        self.render_requests(&mut out);
+        self.render_upstreams(&mut out);
+        let gauges: [(&str, &str, &str, i64); 7] = [
+            (
+                "turnpike_requests_in_flight",
+                "gauge",
+                "Requests being handled.",
+                self.in_flight.load(Relaxed),
+            ),
+            (
+                "turnpike_connections_active",
+                "gauge",
+                "Open client connections.",
+                self.connections_active.load(Relaxed),
+            ),
+            (
+                "turnpike_connections_total",
+                "counter",
+                "Client connections accepted.",
+                self.connections_total.load(Relaxed) as i64,
+            ),
+            (
+                "turnpike_config_reloads_total{result=\"success\"}",
+                "counter",
+                "Configuration reloads by result.",
+                self.reloads_success.load(Relaxed) as i64,
+            ),
+            (
+                "turnpike_config_reloads_total{result=\"failure\"}",
+                "",
+                "",
+                self.reloads_failure.load(Relaxed) as i64,
+            ),
+            (
+                "turnpike_config_last_reload_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the last successful configuration load.",
+                self.last_reload_success.load(Relaxed) as i64,
+            ),
+            (
+                "turnpike_access_log_dropped_total",
+                "counter",
+                "Access log lines dropped because the writer fell behind.",
+                self.access_log_dropped.load(Relaxed) as i64,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            let base = name.split('{').next().unwrap_or(name);
+            if !kind.is_empty() {
+                let _ = writeln!(out, "# HELP {base} {help}\n# TYPE {base} {kind}");
+            }
+            let _ = writeln!(out, "{name} {value}");
+        }
+        super::process::render(&mut out);
+        out
+    }
+
+    fn render_requests(&self, out: &mut String) {
+        let routes: Vec<Arc<RouteStats>> = {
+            let mut v: Vec<_> = lock(&self.routes).values().cloned().collect();
+            v.sort_by(|a, b| (&a.route, &a.upstream).cmp(&(&b.route, &b.upstream)));
+            v
+        };
+        out.push_str("# HELP turnpike_requests_total Requests answered, by route, method, status class and upstream.\n# TYPE turnpike_requests_total counter\n");
+        let mut hist = String::new();
+        hist.push_str("# HELP turnpike_request_duration_seconds Time from request to the end of the response.\n# TYPE turnpike_request_duration_seconds histogram\n");
+        for stats in &routes {
+            for (m, row) in stats.cells.iter().enumerate() {
+                for (c, cell) in row.iter().enumerate() {
+                    let Some(cell) = cell.get() else { continue };
+                    let labels = format!(
+                        "route=\"{}\",method=\"{}\",status_class=\"{}\",upstream=\"{}\"",
+                        escape(&stats.route),
+                        METHODS[m],
+                        CLASSES[c],
+                        escape(&stats.upstream)
+                    );
+                    let mut cumulative = 0;
+                    for (i, bound) in BUCKETS.iter().enumerate() {
+                        cumulative += cell.buckets[i].load(Relaxed);
+                        let _ = writeln!(hist, "turnpike_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+                    }
+                    cumulative += cell.buckets[BUCKETS.len()].load(Relaxed);
+                    let _ = writeln!(hist, "turnpike_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+                    let sum = cell.sum_micros.load(Relaxed) as f64 / 1e6;
+                    let _ = writeln!(
+                        hist,
+                        "turnpike_request_duration_seconds_sum{{{labels}}} {sum}"
+                    );
+                    let _ = writeln!(
+                        hist,
+                        "turnpike_request_duration_seconds_count{{{labels}}} {cumulative}"
+                    );
+                    let _ = writeln!(out, "turnpike_requests_total{{{labels}}} {cumulative}");
+                }
+            }
+        }
+        out.push_str(&hist);
+    }
+
+    fn render_upstreams(&self, out: &mut String) {
+        let mut ups: Vec<(Arc<str>, Arc<UpstreamStats>)> = lock(&self.upstreams)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        ups.sort_by(|a, b| a.0.cmp(&b.0));
+        let series: [(&str, &str, fn(&UpstreamStats) -> u64); 4] = [
+            (
+                "turnpike_upstream_connect_errors_total",
+                "Upstream connections that could not be opened.",
+                |s| s.connect_errors.load(Relaxed),
+            ),
+            (
+                "turnpike_upstream_timeouts_total",
+                "Upstream requests that hit the request timeout.",
+                |s| s.timeouts.load(Relaxed),
+            ),
+            (
+                "turnpike_upstream_resets_total",
+                "Upstream connections closed before a complete response head.",
+                |s| s.resets.load(Relaxed),
+            ),
+            (
+                "turnpike_upstream_connections_opened_total",
+                "Upstream connections opened.",
+                |s| s.connections_opened.load(Relaxed),
+            ),
+        ];
+        for (name, help, get) in series {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (up, stats) in &ups {
+                let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", escape(up), get(stats));
+            }
+        }
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_and_renders_histograms() {
+        let m = Metrics::default();
+        let r = m.route("users", "users-v1");
+        r.record(method_index(&Method::GET), 200, Duration::from_millis(3));
+        r.record(method_index(&Method::GET), 204, Duration::from_millis(30));
+        r.record(method_index(&Method::POST), 503, Duration::from_secs(20));
+        assert_eq!(r.count(0, 1), 2);
+        let text = m.render();
+        assert!(text.contains("turnpike_requests_total{route=\"users\",method=\"GET\",status_class=\"2xx\",upstream=\"users-v1\"} 2"), "{text}");
+        assert!(text.contains("turnpike_request_duration_seconds_bucket{route=\"users\",method=\"GET\",status_class=\"2xx\",upstream=\"users-v1\",le=\"0.005\"} 1"));
+        assert!(text.contains("turnpike_request_duration_seconds_bucket{route=\"users\",method=\"POST\",status_class=\"5xx\",upstream=\"users-v1\",le=\"10\"} 0"));
+        assert!(text.contains("turnpike_request_duration_seconds_bucket{route=\"users\",method=\"POST\",status_class=\"5xx\",upstream=\"users-v1\",le=\"+Inf\"} 1"));
+        assert!(text.contains("turnpike_config_reloads_total{result=\"failure\"} 0"));
+    }
+
+    #[test]
+    fn registries_survive_until_pruned() {
+        let m = Metrics::default();
+        let a = m.route("r", "u");
+        a.record(0, 200, Duration::ZERO);
+        assert_eq!(
+            m.route("r", "u").count(0, 1),
+            1,
+            "same counters for the same key"
+        );
+        drop(a);
+        m.prune();
+        assert_eq!(m.route("r", "u").count(0, 1), 0, "pruned once unused");
+    }
+
+    #[test]
+    fn label_indexes() {
+        assert_eq!(method_index(&Method::from_bytes(b"PURGE").unwrap()), 7);
+        assert_eq!(class_index(101), 0);
+        assert_eq!(class_index(599), 4);
+        assert_eq!(class_index(42), 0);
+    }
+}

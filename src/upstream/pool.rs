@@ -1,0 +1,280 @@
+//! Keep-alive connections to one endpoint: a stack of idle HTTP/1.1 connections, or one
+//! shared HTTP/2 connection.
+//!
+//! An HTTP/1.1 connection goes back to the stack only after its response body was read to
+//! the end (the body's end hook does it), so a connection whose exchange broke (client
+//! gone, body error, timeout) is never reused. Idle connections older than the pool's idle
+//! timeout are closed instead of reused. A request that could not even be written to a
+//! pooled connection (the upstream closed it while idle) is retried once on a fresh one:
+//! nothing reached the upstream, so this is safe for every method.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::config::upstream::UpstreamProtocol;
+use crate::http::Body;
+use crate::telemetry::metrics::UpstreamStats;
+
+/// Why a request to an endpoint failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// No TCP connection (refused, unreachable, or the connect timeout passed).
+    Connect(String),
+    /// The connection failed during the exchange, before a complete response head.
+    Exchange(hyper::Error),
+}
+
+/// Pool settings.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolConfig {
+    /// HTTP/1.1 or h2c.
+    pub protocol: UpstreamProtocol,
+    /// Idle connections kept.
+    pub max_idle: usize,
+    /// Idle connections older than this are closed.
+    pub idle_timeout: Duration,
+}
+
+struct Idle {
+    tx: http1::SendRequest<Body>,
+    since: Instant,
+}
+
+/// The connections to one endpoint.
+pub struct Pool {
+    addr: SocketAddr,
+    config: PoolConfig,
+    idle: Mutex<Vec<Idle>>,
+    h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
+    stats: Arc<UpstreamStats>,
+}
+
+/// Returns an HTTP/1.1 connection to its pool when a response body ends cleanly.
+pub struct Checkin {
+    pool: Weak<Pool>,
+    tx: http1::SendRequest<Body>,
+}
+
+impl Checkin {
+    /// Gives the connection back: call only after its response was read to the end.
+    pub fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put(self.tx);
+        }
+    }
+}
+
+impl Pool {
+    /// An empty pool for the endpoint at `addr`.
+    pub fn new(addr: SocketAddr, config: PoolConfig, stats: Arc<UpstreamStats>) -> Arc<Self> {
+        Arc::new(Self {
+            addr,
+            config,
+            idle: Mutex::new(Vec::new()),
+            h2: tokio::sync::Mutex::new(None),
+            stats,
+        })
+    }
+
+    /// Idle HTTP/1.1 connections held now.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().map_or(0, |v| v.len())
+    }
+
+    /// Sends `req`; on success also returns the hook that gives the connection back once
+    /// the response body has been read (HTTP/1.1 only).
+    pub async fn send(
+        self: &Arc<Self>,
+        req: http::Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<(http::Response<Incoming>, Option<Checkin>), SendError> {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => self.send_h1(req, connect_timeout).await,
+            UpstreamProtocol::H2c => self.send_h2(req, connect_timeout).await.map(|r| (r, None)),
+        }
+    }
+
+    async fn send_h1(
+        self: &Arc<Self>,
+        mut req: http::Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<(http::Response<Incoming>, Option<Checkin>), SendError> {
+        let mut first_try = true;
+        loop {
+            let idle = if first_try {
+                self.take_idle(connect_timeout).await
+            } else {
+                None
+            };
+            let (mut tx, reused) = match idle {
+                Some(tx) => (tx, true),
+                None => (self.connect_h1(connect_timeout, false).await?, false),
+            };
+            match tx.try_send_request(req).await {
+                Ok(resp) => {
+                    let checkin = Checkin {
+                        pool: Arc::downgrade(self),
+                        tx,
+                    };
+                    return Ok((resp, Some(checkin)));
+                }
+                Err(mut e) => match e.take_message() {
+                    // Never written: the pooled connection was already closed. Retry once
+                    // on a new connection.
+                    Some(back) if reused => {
+                        req = back;
+                        first_try = false;
+                    }
+                    _ => return Err(SendError::Exchange(e.into_error())),
+                },
+            }
+        }
+    }
+
+    /// Sends a WebSocket handshake on a connection of its own (never pooled), with
+    /// upgrades enabled.
+    pub async fn send_upgrade(
+        &self,
+        req: http::Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let mut tx = self.connect_h1(connect_timeout, true).await?;
+        tx.send_request(req).await.map_err(SendError::Exchange)
+    }
+
+    async fn take_idle(&self, connect_timeout: Duration) -> Option<http1::SendRequest<Body>> {
+        loop {
+            let entry = {
+                let mut idle = self.idle.lock().ok()?;
+                idle.pop()?
+            };
+            if entry.since.elapsed() > self.config.idle_timeout || entry.tx.is_closed() {
+                continue;
+            }
+            let mut tx = entry.tx;
+            if tx.is_ready() {
+                return Some(tx);
+            }
+            // The previous exchange's end was seen by the body before the connection task
+            // marked the connection idle: wait for it (bounded), or drop it if it closes.
+            if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, tx.ready()).await {
+                return Some(tx);
+            }
+        }
+    }
+
+    fn put(&self, tx: http1::SendRequest<Body>) {
+        if tx.is_closed() {
+            return;
+        }
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        let timeout = self.config.idle_timeout;
+        idle.retain(|e| e.since.elapsed() <= timeout && !e.tx.is_closed());
+        if idle.len() < self.config.max_idle {
+            idle.push(Idle {
+                tx,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    async fn connect_tcp(&self, connect_timeout: Duration) -> Result<TcpStream, SendError> {
+        let result = tokio::time::timeout(connect_timeout, TcpStream::connect(self.addr)).await;
+        let stream = match result {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                self.stats.connect_errors.fetch_add(1, Relaxed);
+                return Err(SendError::Connect(format!("{}: {e}", self.addr)));
+            }
+            Err(_) => {
+                self.stats.connect_errors.fetch_add(1, Relaxed);
+                return Err(SendError::Connect(format!(
+                    "{}: connect timeout after {} ms",
+                    self.addr,
+                    connect_timeout.as_millis()
+                )));
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        self.stats.connections_opened.fetch_add(1, Relaxed);
+        Ok(stream)
+    }
+
+    async fn connect_h1(
+        &self,
+        connect_timeout: Duration,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Body>, SendError> {
+        let stream = self.connect_tcp(connect_timeout).await?;
+        let (tx, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Exchange)?;
+        let addr = self.addr;
+        if upgrades {
+            tokio::spawn(async move {
+                if let Err(e) = conn.with_upgrades().await {
+                    tracing::debug!(%addr, error = %e, "upstream connection ended");
+                }
+            });
+        } else {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(%addr, error = %e, "upstream connection ended");
+                }
+            });
+        }
+        Ok(tx)
+    }
+
+    async fn send_h2(
+        &self,
+        req: http::Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let mut tx = {
+            let mut slot = self.h2.lock().await;
+            match slot.as_ref() {
+                Some(tx) if !tx.is_closed() => tx.clone(),
+                _ => {
+                    let tx = self.connect_h2(connect_timeout).await?;
+                    *slot = Some(tx.clone());
+                    tx
+                }
+            }
+        };
+        tx.ready().await.map_err(SendError::Exchange)?;
+        tx.send_request(req).await.map_err(SendError::Exchange)
+    }
+
+    async fn connect_h2(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Body>, SendError> {
+        let stream = self.connect_tcp(connect_timeout).await?;
+        let (tx, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(SendError::Exchange)?;
+        let addr = self.addr;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%addr, error = %e, "upstream h2 connection ended");
+            }
+        });
+        Ok(tx)
+    }
+}
