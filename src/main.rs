@@ -52,7 +52,7 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run { config } => run(config),
         Command::Validate { config } => {
-            match load_file(&config).and_then(|c| turnpike::runtime::compile::check(c)) {
+            match load_file(&config).and_then(turnpike::runtime::compile::check) {
                 Ok(()) => {
                     println!("{}: ok", config.display());
                     ExitCode::SUCCESS

@@ -25,10 +25,8 @@ pub(super) fn config(loaded: &LoadedConfig) -> Value {
 
 fn walk(v: &mut Value, secrets: &[String], sensitive: bool) {
     match v {
-        Value::String(s) => {
-            if sensitive || secrets.iter().any(|x| s.contains(x.as_str())) {
-                *s = "[redacted]".into();
-            }
+        Value::String(s) if sensitive || secrets.iter().any(|x| s.contains(x.as_str())) => {
+            *s = "[redacted]".into();
         }
         Value::Array(items) => items.iter_mut().for_each(|i| walk(i, secrets, sensitive)),
         Value::Object(map) => {

@@ -10,7 +10,8 @@
 //!   folder); one trailing newline is dropped;
 //! - any other `${name}` (lower case: `${request_id}`, `${id}`) is left in place for the
 //!   policies that take runtime templates, which reject names they do not know;
-//! - `$${` writes a literal `${`.
+//! - `$${` writes a literal `${`; any other `$` is literal (`^/v1/.*$` stays as is);
+//! - comments and map keys are never substituted.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -67,87 +68,147 @@ struct Substitution {
     secrets: Vec<String>,
 }
 
-/// Finds every `${...}` reference and prepares the property map serde-saphyr expands
-/// inside scalars. `file:` and `env:` references are rewritten to generated names first,
-/// since serde-saphyr only accepts identifiers between the braces.
+/// Rewrites the `${...}` references inside value scalars (never in comments or keys) and
+/// prepares the property map serde-saphyr expands: `file:` and `env:` references become
+/// generated names (serde-saphyr only takes identifiers between the braces), an unset
+/// capitalised variable without a default is an error, and a bare `$` is escaped as `$$`
+/// so that only `${...}` is ever substituted.
 fn prepare_substitution(text: &str, base: &Path) -> Result<Substitution, ConfigErrors> {
-    let mut out = String::with_capacity(text.len());
-    let mut properties = HashMap::new();
-    let mut secrets = Vec::new();
+    let mut sub = Substitution {
+        text: String::with_capacity(text.len()),
+        properties: HashMap::new(),
+        secrets: Vec::new(),
+    };
     let mut errors = Vec::new();
-    let mut rest = text;
-    let mut generated = 0usize;
-    while let Some(start) = rest.find("${") {
-        if rest[..start].ends_with('$') {
-            out.push_str(&rest[..start + 2]);
-            rest = &rest[start + 2..];
-            continue;
-        }
-        let Some(len) = rest[start..].find('}') else {
-            break;
-        };
-        let inner = &rest[start + 2..start + len];
-        out.push_str(&rest[..start]);
-        let line = text[..text.len() - rest.len() + start]
-            .matches('\n')
-            .count()
-            + 1;
-        let resolved = if let Some(file) = inner.strip_prefix("file:") {
-            Some(read_secret_file(base, file.trim()).map_err(|e| (line, e)))
-        } else if let Some(name) = inner.strip_prefix("env:") {
-            Some(std::env::var(name.trim()).map_err(|_| {
-                (
-                    line,
-                    format!("environment variable `{}` is not set", name.trim()),
-                )
-            }))
-        } else {
-            None
-        };
-        match resolved {
-            Some(Ok(value)) => {
-                generated += 1;
-                let key = format!("TURNPIKE_GENERATED_{generated}");
-                out.push_str(&format!("${{{key}}}"));
-                secrets.push(value.clone());
-                properties.insert(key, value);
-            }
-            Some(Err((line, message))) => {
-                errors.push(ConfigError {
-                    path: String::new(),
-                    location: Some((line, 1)),
-                    message,
-                });
-                out.push_str(&rest[start..start + len + 1]);
-            }
-            None => {
-                let name: String = inner
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if is_env_name(&name) {
-                    if let Ok(value) = std::env::var(&name) {
-                        secrets.push(value.clone());
-                        properties.insert(name, value);
-                    }
-                } else if !name.is_empty() {
-                    properties.insert(name.clone(), format!("${{{name}}}"));
-                }
-                out.push_str(&rest[start..start + len + 1]);
-            }
-        }
-        rest = &rest[start + len + 1..];
+    let mut copied = 0;
+    for (start, end, at) in value_scalars(text) {
+        sub.text.push_str(&text[copied..start]);
+        rewrite_scalar(&text[start..end], at, base, &mut sub, &mut errors);
+        copied = end;
     }
-    out.push_str(rest);
+    sub.text.push_str(&text[copied..]);
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
-    secrets.retain(|s| s.len() >= 4);
-    Ok(Substitution {
-        text: out,
-        properties,
-        secrets,
-    })
+    sub.secrets.retain(|s| s.len() >= 4);
+    Ok(sub)
+}
+
+fn rewrite_scalar(
+    scalar: &str,
+    at: (usize, usize),
+    base: &Path,
+    sub: &mut Substitution,
+    errors: &mut Vec<ConfigError>,
+) {
+    let mut rest = scalar;
+    while let Some(i) = rest.find('$') {
+        sub.text.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            sub.text.push_str("$$");
+            rest = tail;
+            continue;
+        }
+        let Some(inner_len) = after.strip_prefix('{').and_then(|a| a.find('}')) else {
+            sub.text.push_str("$$");
+            rest = after;
+            continue;
+        };
+        let inner = &after[1..1 + inner_len];
+        let whole = &rest[i..i + 3 + inner_len];
+        rest = &after[inner_len + 2..];
+        let mut fail = |message: String| {
+            errors.push(ConfigError {
+                path: String::new(),
+                location: Some(at),
+                message,
+            });
+        };
+        let generated = if let Some(file) = inner.strip_prefix("file:") {
+            read_secret_file(base, file.trim()).map_err(&mut fail).ok()
+        } else if let Some(name) = inner.strip_prefix("env:") {
+            let name = name.trim();
+            std::env::var(name)
+                .map_err(|_| fail(format!("environment variable `{name}` is not set")))
+                .ok()
+        } else {
+            let name: String = inner
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let has_default = inner.len() > name.len();
+            if is_env_name(&name) {
+                match std::env::var(&name) {
+                    Ok(value) => {
+                        sub.secrets.push(value.clone());
+                        sub.properties.insert(name, value);
+                    }
+                    Err(_) if !has_default => fail(format!(
+                        "environment variable `{name}` is not set (give a default with `${{{name}:-value}}`)"
+                    )),
+                    Err(_) => {}
+                }
+            } else if !name.is_empty() {
+                sub.properties.insert(name.clone(), format!("${{{name}}}"));
+            }
+            sub.text.push_str(whole);
+            continue;
+        };
+        if let Some(value) = generated {
+            let key = format!("TURNPIKE_GENERATED_{}", sub.properties.len() + 1);
+            sub.text.push_str(&format!("${{{key}}}"));
+            sub.secrets.push(value.clone());
+            sub.properties.insert(key, value);
+        } else {
+            sub.text.push_str(whole);
+        }
+    }
+    sub.text.push_str(rest);
+}
+
+/// Byte ranges and (line, column) of the value scalars of `text` (map keys and comments excluded).
+fn value_scalars(text: &str) -> Vec<(usize, usize, (usize, usize))> {
+    use serde_saphyr::granit_parser::{Event, Parser};
+    // For each open collection: is it a map, and is its next scalar a key?
+    let mut stack: Vec<(bool, bool)> = Vec::new();
+    let mut out = Vec::new();
+    for item in Parser::new_from_str(text) {
+        let Ok((event, span)) = item else { break };
+        let is_key = matches!(stack.last(), Some((true, true)));
+        match event {
+            Event::Scalar(..) => {
+                if !is_key {
+                    if let (Some(a), Some(b)) = (span.start.byte_offset(), span.end.byte_offset()) {
+                        if a <= b
+                            && b <= text.len()
+                            && text.is_char_boundary(a)
+                            && text.is_char_boundary(b)
+                        {
+                            out.push((a, b, (span.start.line(), span.start.col() + 1)));
+                        }
+                    }
+                }
+                flip(&mut stack);
+            }
+            Event::MappingStart(..) => stack.push((true, true)),
+            Event::SequenceStart(..) => stack.push((false, false)),
+            Event::MappingEnd | Event::SequenceEnd => {
+                stack.pop();
+                flip(&mut stack);
+            }
+            Event::Alias(..) => flip(&mut stack),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// After a node inside a map, the next scalar switches between key and value.
+fn flip(stack: &mut [(bool, bool)]) {
+    if let Some((true, key_next)) = stack.last_mut() {
+        *key_next = !*key_next;
+    }
 }
 
 /// Names written in capitals, digits and underscores are environment variables.
@@ -174,7 +235,10 @@ fn read_secret_file(base: &Path, file: &str) -> Result<String, String> {
 }
 
 fn parse(text: &str, properties: HashMap<String, String>) -> Result<GatewaySpec, ConfigErrors> {
-    let options = serde_saphyr::Options::default().with_properties(properties);
+    let mut options = serde_saphyr::Options::default().with_properties(properties);
+    // Compose syntax expands quoted and block scalars too; unset names and bare `$` were
+    // dealt with before (see `prepare_substitution`).
+    options.property_syntax = serde_saphyr::PropertySyntax::DockerCompose;
     let mut path = String::new();
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
         serde_path_to_error::deserialize(de).map_err(|e| {
@@ -196,7 +260,10 @@ fn parse(text: &str, properties: HashMap<String, String>) -> Result<GatewaySpec,
         {
             message = after.to_string();
         }
-        let message = message.lines().next().unwrap_or_default().to_string();
+        let mut message = message.lines().next().unwrap_or_default().to_string();
+        if let Some(i) = message.rfind(" at line ") {
+            message.truncate(i);
+        }
         let path = if path == "." { String::new() } else { path };
         ConfigErrors(vec![ConfigError {
             path,

@@ -112,4 +112,4 @@ pub fn error_response(ctx: &mut RequestCtx, e: GatewayError) -> Response {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+pub mod tests;

@@ -11,7 +11,7 @@ use crate::targets::respond::Respond;
 
 /// What a probe does in its request phase.
 #[derive(Clone, Copy)]
-pub enum Action {
+pub(crate) enum Action {
     Continue,
     Respond,
     Fail,
@@ -25,7 +25,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    pub fn on_request(&self) -> Result<Flow, GatewayError> {
+    pub(crate) fn on_request(&self) -> Result<Flow, GatewayError> {
         self.log.lock().unwrap().push(format!("req:{}", self.name));
         match self.action {
             Action::Continue => Ok(Flow::Continue),
@@ -36,7 +36,7 @@ impl Probe {
         }
     }
 
-    pub fn on_response(&self, resp: &mut Response) {
+    pub(crate) fn on_response(&self, resp: &mut Response) {
         self.log.lock().unwrap().push(format!("resp:{}", self.name));
         resp.headers_mut()
             .append("x-seen-by", self.name.parse().unwrap());

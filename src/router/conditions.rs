@@ -24,7 +24,10 @@ impl Test {
             return match regex::RegexBuilder::new(r).size_limit(1 << 20).build() {
                 Ok(re) => Some(Self::Regex(re)),
                 Err(e) => {
-                    p.push(format!("{path}.regex"), format!("invalid regex: {e}"));
+                    p.push(
+                        format!("{path}.regex"),
+                        format!("invalid regex: {}", regex_error(&e)),
+                    );
                     None
                 }
             };
@@ -139,6 +142,17 @@ impl Conditions {
         }
         Ok(())
     }
+}
+
+/// The one-line reason of a regex error (the crate's message spans several lines).
+pub fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("error: "))
+        .map_or_else(
+            || text.lines().next().unwrap_or_default().to_string(),
+            String::from,
+        )
 }
 
 /// The first value of `name` in a query string, percent-decoded (`+` is a space).

@@ -9,6 +9,7 @@
 //!    prefix at the same place, and a longer prefix beats a shorter one.
 //! 3. Among routes with the same path pattern: more conditions first (a method list counts
 //!    one, each header or query condition one), then the order in the file.
+//!
 //! When the best path's routes all fail their conditions, the walk goes on to the next
 //! path in that order. When some route matched all but the method, the answer is 405
 //! with `Allow`; otherwise 404.
@@ -305,6 +306,9 @@ pub fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// A matched entry with its parameter ranges.
+type Hit<'r, T> = (&'r Entry<T>, Vec<(u32, u32)>);
+
 /// An immutable routing table, shared by every request of a snapshot.
 pub struct Router<T> {
     exact: HashMap<String, Node<T>>,
@@ -325,7 +329,7 @@ impl<T> Router<T> {
                     None => "host table (any host)".to_string(),
                 });
             }
-            let mut hit: Option<(&'r Entry<T>, Vec<(u32, u32)>)> = None;
+            let mut hit: Option<Hit<'r, T>> = None;
             let mut caps = Vec::new();
             let rest = q.path.strip_prefix('/');
             node.walk(rest, 1, q.path.len(), &mut caps, &mut |group, caps| {

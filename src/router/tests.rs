@@ -230,7 +230,8 @@ fn find(
 #[test]
 fn routing_table() {
     let r = build();
-    let cases: &[(&str, &str, &str, &[(&str, &str)], &str)] = &[
+    type Case<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)], &'a str);
+    let cases: &[Case] = &[
         ("GET", "a.test", "/users/7", &[], "user-get id=7"),
         ("PUT", "a.test", "/users/7", &[], "user-write id=7"),
         ("POST", "a.test", "/users/7", &[], "users-rest rest=7"),

@@ -92,6 +92,9 @@ pub struct UpstreamStats {
     pub connections_opened: AtomicU64,
 }
 
+/// (route, upstream).
+type RouteKey = (Arc<str>, Arc<str>);
+
 /// Every metric of the process.
 #[derive(Default)]
 pub struct Metrics {
@@ -109,7 +112,7 @@ pub struct Metrics {
     pub last_reload_success: AtomicU64,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
-    routes: Mutex<HashMap<(Arc<str>, Arc<str>), Arc<RouteStats>>>,
+    routes: Mutex<HashMap<RouteKey, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
 }
 
@@ -146,7 +149,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_upstreams(&mut out);
-        let gauges: [(&str, &str, &str, i64); 7] = [
+        let gauges: [Series; 7] = [
             (
                 "turnpike_requests_in_flight",
                 "gauge",
@@ -250,7 +253,7 @@ impl Metrics {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         ups.sort_by(|a, b| a.0.cmp(&b.0));
-        let series: [(&str, &str, fn(&UpstreamStats) -> u64); 4] = [
+        let series: [UpstreamSeries; 4] = [
             (
                 "turnpike_upstream_connect_errors_total",
                 "Upstream connections that could not be opened.",
@@ -280,6 +283,11 @@ impl Metrics {
         }
     }
 }
+
+/// A single-value series: name (with labels), type, help, value.
+type Series = (&'static str, &'static str, &'static str, i64);
+/// A per-upstream counter: name, help, reader.
+type UpstreamSeries = (&'static str, &'static str, fn(&UpstreamStats) -> u64);
 
 fn escape(s: &str) -> String {
     s.replace('\\', "\\\\")

@@ -124,15 +124,15 @@ impl Balancer {
                 }
             }
             Kind::Ring { points, key } => match input.key(key) {
-                Some(h) => {
+                Some(h) if !points.is_empty() => {
                     let i = points.partition_point(|(p, _)| *p < h);
                     points[i % points.len()].1 as usize
                 }
-                None => self.weighted_random(),
+                _ => self.weighted_random(),
             },
             Kind::Maglev { table, key } => match input.key(key) {
-                Some(h) => table[(h % table.len() as u64) as usize] as usize,
-                None => self.weighted_random(),
+                Some(h) if !table.is_empty() => table[(h % table.len() as u64) as usize] as usize,
+                _ => self.weighted_random(),
             },
         })
     }
@@ -193,6 +193,9 @@ fn ring(ids: &[String], weights: &[u32]) -> Box<[(u64, u32)]> {
 }
 
 fn maglev(ids: &[String], weights: &[u32]) -> Box<[u32]> {
+    if ids.is_empty() {
+        return Box::new([]);
+    }
     let m = MAGLEV_SIZE as u64;
     let prefs: Vec<(u64, u64)> = ids
         .iter()
@@ -360,6 +363,18 @@ mod tests {
                 "{algorithm:?}: {moved} keys of surviving endpoints moved"
             );
         }
+    }
+
+    #[test]
+    fn empty_sets_build_and_pick_nothing() {
+        for algorithm in [HashAlgorithm::Ring, HashAlgorithm::Maglev] {
+            let b = Balancer::build(&hash_spec(algorithm), &[], &[]);
+            assert_eq!(b.pick(&Key(Some(1)), &|_| 0), None);
+        }
+        assert_eq!(
+            Balancer::build(&BalancerSpec::RoundRobin, &[], &[]).pick(&Key(None), &|_| 0),
+            None
+        );
     }
 
     #[test]

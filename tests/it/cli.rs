@@ -1,0 +1,84 @@
+//! The command line: `validate`, `explain`, `--version`.
+
+use std::process::Command;
+
+fn turnpike(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_turnpike"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn example(name: &str) -> String {
+    format!("{}/examples/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn version() {
+    let (code, out, _) = turnpike(&["--version"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        format!("turnpike {}", env!("CARGO_PKG_VERSION"))
+    );
+}
+
+#[test]
+fn validate_accepts_the_quickstart_and_lists_every_problem_otherwise() {
+    let (code, out, _) = turnpike(&["validate", "-c", &example("quickstart.yaml")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.ends_with(": ok\n"));
+
+    let (code, _, err) = turnpike(&["validate", "-c", &fixture("bad/many_problems.yaml")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("3 problem(s)"), "{err}");
+}
+
+#[test]
+fn explain_shows_the_decision_params_policies_and_forward() {
+    let (code, out, err) = turnpike(&[
+        "explain",
+        "-c",
+        &example("quickstart.yaml"),
+        "GET",
+        "http://localhost:8080/api/orders/42?expand=items",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "route `orders`: path and all conditions match -> chosen",
+        "route:    orders",
+        "params:   id=42",
+        "policies: headers -> headers",
+        "target:   upstream `orders`",
+        "forward:  /orders/42?expand=items",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+    let (_, out, _) = turnpike(&[
+        "explain",
+        "-c",
+        &example("quickstart.yaml"),
+        "-H",
+        "X-Api-Version: 2",
+        "GET",
+        "/api/users/7",
+    ]);
+    assert!(out.contains("route:    users-by-header-version"), "{out}");
+    let (_, out, _) = turnpike(&[
+        "explain",
+        "-c",
+        &example("quickstart.yaml"),
+        "DELETE",
+        "/api/orders/1",
+    ]);
+    assert!(out.contains("405 method_not_allowed (Allow: GET)"), "{out}");
+}

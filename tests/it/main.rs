@@ -1,0 +1,16 @@
+//! End-to-end tests: the real gateway in-process on port 0, against real HTTP servers on
+//! loopback. One binary, so it links once.
+
+#![allow(unreachable_pub)]
+
+mod support;
+
+mod balancing;
+mod cli;
+mod failures;
+mod fixtures;
+mod proxy;
+mod reload;
+mod routing;
+mod shutdown;
+mod telemetry;
