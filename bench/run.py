@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""turnpike's load benchmark (see ../shared/reference/benchmarking.md and docs/performance.md).
+
+Topology: load generator on core 1 -> proxy under test on core 0 (one worker) -> upstream
+on core 1. Rounds interleave direct / nginx / turnpike; noisy rounds (foreign CPU > 5% or
+steal > 2%) are thrown out; medians with min and max are reported, as ratios to nginx in
+the same run. Workloads:
+
+  W1  plain proxy, GET, 25 B body, 50 keep-alive connections (wrk -t1 -c50)
+  W4  memory: RSS at start (quickstart config), bytes per idle keep-alive connection
+      (5000 connections after one request each), peak RSS at 1000 active connections
+  counts  (--counts) user-space instructions per request (callgrind) and system calls
+      per request (strace), for a fixed number of requests: noise-free figures
+
+Results are printed and written to bench/results/<timestamp>.{md,json}.
+"""
+
+import argparse
+import json
+import os
+import re
+import resource
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASE = ROOT / "target" / "release"
+PORTS = {"upstream": 19100, "nginx": 19200, "turnpike": 19300, "admin": 19301}
+PROXY_CORE, LOAD_CORE = "0", "1"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def log(*a):
+    print("[bench]", *a, file=sys.stderr, flush=True)
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime (fields 14, 15)
+
+
+def rss_kib(pid, key="VmRSS"):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def system_ticks():
+    """(busy, steal, total) ticks over all CPUs from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    user, nice, system, idle, iowait, irq, softirq, steal = v[:8]
+    total = sum(v[:8])
+    return user + nice + system + irq + softirq, steal, total
+
+
+def wait_port(port, timeout=20):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listening on {port}")
+
+
+def spawn(cmd, core, env=None, cwd=None):
+    full = ["taskset", "-c", core] + cmd
+    return subprocess.Popen(full, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env, cwd=cwd, start_new_session=True)
+
+
+def stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+class Proxies:
+    """Starts the upstream, nginx and turnpike with the W1 configs."""
+
+    def __init__(self, tmp):
+        self.tmp = Path(tmp)
+        self.procs = {}
+
+    def start_upstream(self):
+        p = spawn([str(RELEASE / "examples" / "bench_upstream"), f"127.0.0.1:{PORTS['upstream']}"], LOAD_CORE)
+        wait_port(PORTS["upstream"])
+        self.procs["upstream"] = p
+        return p
+
+    def nginx_cmd(self):
+        conf = (ROOT / "bench" / "nginx-w1.conf").read_text()
+        conf = conf.replace("BENCH_UPSTREAM_PORT", str(PORTS["upstream"])).replace("BENCH_PROXY_PORT", str(PORTS["nginx"]))
+        path = self.tmp / "nginx.conf"
+        path.write_text(conf)
+        return ["nginx", "-c", str(path), "-p", str(self.tmp), "-e", "/dev/null"]
+
+    def turnpike_env(self):
+        env = dict(os.environ)
+        env.update(BENCH_PROXY_PORT=str(PORTS["turnpike"]), BENCH_ADMIN_PORT=str(PORTS["admin"]),
+                   BENCH_UPSTREAM_PORT=str(PORTS["upstream"]), TURNPIKE_LOG="error")
+        return env
+
+    def turnpike_cmd(self, config=None):
+        return [str(RELEASE / "turnpike"), "run", "-c", str(config or ROOT / "bench" / "turnpike-w1.yaml")]
+
+    def start(self, name, wrapper=()):
+        if name == "nginx":
+            p = spawn(list(wrapper) + self.nginx_cmd(), PROXY_CORE)
+        else:
+            p = spawn(list(wrapper) + self.turnpike_cmd(), PROXY_CORE, env=self.turnpike_env())
+        wait_port(PORTS[name], timeout=120)
+        self.procs[name] = p
+        return p
+
+    def stop_all(self):
+        for p in self.procs.values():
+            stop(p)
+        self.procs.clear()
+
+
+def run_wrk(port, seconds, connections=50, path="/"):
+    """Runs wrk on the load core; returns (requests, errors, non_2xx, rps, wrk_ticks)."""
+    cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
+           f"http://127.0.0.1:{port}{path}"]
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out, _ = p.communicate()
+    m = re.search(r"(\d+) requests in", out)
+    requests = int(m.group(1)) if m else 0
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = int(re.search(r"Non-2xx or 3xx responses: (\d+)", out).group(1)) if "Non-2xx" in out else 0
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)) if "Requests/sec" in out else 0.0
+    return requests, errors, non2xx, rps, out
+
+
+def measure(target_pid, upstream_pid, port, seconds, warmup):
+    run_wrk(port, warmup)
+    before = (cpu_ticks(target_pid), cpu_ticks(upstream_pid), system_ticks())
+    usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    requests, errors, non2xx, rps, out = run_wrk(port, seconds)
+    usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    after = (cpu_ticks(target_pid), cpu_ticks(upstream_pid), system_ticks())
+    proxy_s = (after[0] - before[0]) / TICKS
+    upstream_s = (after[1] - before[1]) / TICKS
+    wrk_s = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
+    busy = (after[2][0] - before[2][0]) / TICKS
+    steal = (after[2][1] - before[2][1]) / TICKS
+    total = (after[2][2] - before[2][2]) / TICKS
+    same = target_pid == upstream_pid
+    ours = proxy_s + wrk_s + (0 if same else upstream_s)
+    return {
+        "requests": requests, "errors": errors, "non2xx": non2xx, "rps": rps,
+        "cpu_us_per_req": proxy_s * 1e6 / max(requests, 1),
+        "foreign_pct": max(0.0, busy - ours) * 100 / max(total, 1e-9),
+        "steal_pct": steal * 100 / max(total, 1e-9),
+        "load_core_pct": (wrk_s + (0 if same else upstream_s)) * 100 / seconds,
+    }
+
+
+def check_guard(port):
+    """0 socket errors, 0 unexpected statuses, the right body, before timing."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+    if body != b'{"ok":true,"msg":"hello"}':
+        raise SystemExit(f"unexpected body from port {port}: {body!r}")
+
+
+def w1(args, proxies):
+    upstream = proxies.start_upstream()
+    check_guard(PORTS["upstream"])
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        for name in ["direct", "nginx", "turnpike"]:
+            if name == "direct":
+                pid, port = upstream.pid, PORTS["upstream"]
+                proc = None
+            else:
+                proc = proxies.start(name)
+                pid, port = proc.pid, PORTS[name]
+                check_guard(port)
+            row[name] = measure(pid, upstream.pid, port, args.duration, args.warmup)
+            if proc:
+                stop(proc)
+                proxies.procs.pop(name, None)
+        noisy = any(m["foreign_pct"] > 5 or m["steal_pct"] > 2 for m in row.values())
+        bad = any(m["errors"] or m["non2xx"] for m in row.values())
+        row["kept"] = not noisy and not bad
+        log(f"round {r + 1}: " + ", ".join(
+            f"{n} {row[n]['cpu_us_per_req']:.2f}us {row[n]['rps']:.0f}rps (foreign {row[n]['foreign_pct']:.1f}%)"
+            for n in ["direct", "nginx", "turnpike"]) + ("" if row["kept"] else "  [discarded]"))
+        rounds.append(row)
+    proxies.stop_all()
+    kept = [r for r in rounds if r["kept"]] or rounds
+
+    def stat(name, key):
+        vals = [r[name][key] for r in kept]
+        return {"median": statistics.median(vals), "min": min(vals), "max": max(vals)}
+
+    ratio = [r["turnpike"]["cpu_us_per_req"] / r["nginx"]["cpu_us_per_req"] for r in kept]
+    return {
+        "rounds": rounds, "kept": len(kept),
+        "cpu_us_per_req": {n: stat(n, "cpu_us_per_req") for n in ["direct", "nginx", "turnpike"]},
+        "rps": {n: stat(n, "rps") for n in ["direct", "nginx", "turnpike"]},
+        "ratio_turnpike_nginx": {"median": statistics.median(ratio), "min": min(ratio), "max": max(ratio)},
+        "load_core_pct": stat("turnpike", "load_core_pct"),
+    }
+
+
+def hold_idle_connections(port, n):
+    socks = []
+    req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(req)
+        data = b""
+        while b"\r\n\r\n" not in data or not data.endswith(b'"hello"}'):
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        socks.append(s)
+    return socks
+
+
+def w4(args, proxies):
+    out = {}
+    # RSS at start with the quickstart config.
+    env = dict(os.environ, TURNPIKE_LOG="error")
+    with tempfile.TemporaryDirectory() as d:
+        qs = (ROOT / "examples" / "quickstart.yaml").read_text().replace("output: stdout", "output: /dev/null")
+        cfg = Path(d) / "quickstart.yaml"
+        cfg.write_text(qs)
+        p = spawn([str(RELEASE / "turnpike"), "run", "-c", str(cfg)], PROXY_CORE, env=env)
+        wait_port(9901)
+        time.sleep(0.5)
+        out["turnpike_rss_start_kib"] = rss_kib(p.pid)
+        stop(p)
+    upstream = proxies.start_upstream()
+    for name in ["nginx", "turnpike"]:
+        proc = proxies.start(name)
+        port = PORTS[name]
+        check_guard(port)
+        time.sleep(0.3)
+        start = rss_kib(proc.pid)
+        if name == "nginx":
+            out["nginx_rss_start_kib"] = start
+        base = hold_idle_connections(port, 10)
+        before = rss_kib(proc.pid)
+        socks = hold_idle_connections(port, args.idle)
+        time.sleep(0.5)
+        after = rss_kib(proc.pid)
+        out[f"{name}_bytes_per_idle_conn"] = (after - before) * 1024 / args.idle
+        for s in socks + base:
+            s.close()
+        run_wrk(port, 5, connections=1000)
+        out[f"{name}_peak_rss_1000_active_kib"] = rss_kib(proc.pid, "VmHWM")
+        stop(proc)
+        proxies.procs.pop(name, None)
+        log(f"W4 {name}: start {start} KiB, {out[f'{name}_bytes_per_idle_conn']:.0f} B per idle connection, "
+            f"peak {out[f'{name}_peak_rss_1000_active_kib']} KiB at 1000 active")
+    stop(upstream)
+    proxies.procs.clear()
+    return out
+
+
+def counts(args, proxies):
+    """Instructions (callgrind) and syscalls (strace) per request for a fixed run."""
+    if not shutil_which("h2load"):
+        raise SystemExit("h2load (nghttp2-client) is needed for --counts")
+    upstream = proxies.start_upstream()
+    out = {}
+    n, warm = args.count_requests, 2000
+    for name in ["nginx", "turnpike"]:
+        cg = Path(tempfile.mkdtemp()) / "callgrind.out"
+        proc = proxies.start(name, wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}"])
+        port = PORTS[name]
+        h2load(port, warm)
+        subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
+        h2load(port, n)
+        subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
+        time.sleep(1)
+        dumps = sorted(cg.parent.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
+        total = 0
+        for line in dumps[-1].read_text(errors="replace").splitlines():
+            if line.startswith(("summary:", "totals:")):
+                total = int(line.split()[1])
+        stop(proc)
+        proxies.procs.pop(name, None)
+        proc = proxies.start(name)
+        h2load(port, warm)
+        trace = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", str(cg.parent / "strace.txt")],
+                                 stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        h2load(port, n)
+        trace.send_signal(signal.SIGINT)
+        trace.wait(10)
+        calls = 0
+        for line in (cg.parent / "strace.txt").read_text().splitlines():
+            if line.strip().endswith("total"):
+                calls = int(line.split()[2])
+        stop(proc)
+        proxies.procs.pop(name, None)
+        out[name] = {"instructions_per_req": total / n, "syscalls_per_req": calls / n}
+        log(f"counts {name}: {total / n:.0f} instructions, {calls / n:.2f} syscalls per request")
+    stop(upstream)
+    proxies.procs.clear()
+    out["instructions_ratio"] = out["turnpike"]["instructions_per_req"] / out["nginx"]["instructions_per_req"]
+    out["syscalls_ratio"] = out["turnpike"]["syscalls_per_req"] / out["nginx"]["syscalls_per_req"]
+    return out
+
+
+def shutil_which(cmd):
+    from shutil import which
+    return which(cmd)
+
+
+def h2load(port, n):
+    subprocess.run(["taskset", "-c", LOAD_CORE, "h2load", "--h1", "-n", str(n), "-c", "10", "-t", "1",
+                    f"http://127.0.0.1:{port}/"], capture_output=True, check=True)
+
+
+def report(results):
+    lines = [f"# turnpike benchmark, {results['when']}", "", f"Host: {results['host']}", ""]
+    if "w1" in results:
+        w = results["w1"]
+        lines += ["## W1: plain proxy, 50 keep-alive connections",
+                  f"Rounds kept: {w['kept']} of {len(w['rounds'])}.", "",
+                  "| target | CPU µs/request (median, min-max) | requests/s (median) |", "|---|---|---|"]
+        for n in ["direct", "nginx", "turnpike"]:
+            c, r = w["cpu_us_per_req"][n], w["rps"][n]
+            lines.append(f"| {n} | {c['median']:.2f} ({c['min']:.2f}-{c['max']:.2f}) | {r['median']:.0f} |")
+        q = w["ratio_turnpike_nginx"]
+        lines += ["", f"**CPU per request, turnpike / nginx: {q['median']:.2f}** (per round {q['min']:.2f}-{q['max']:.2f}); "
+                  f"load core busy {w['load_core_pct']['median']:.0f}% during turnpike rounds.", ""]
+    if "w4" in results:
+        m = results["w4"]
+        lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",
+                  f"| RSS at start | {m['turnpike_rss_start_kib'] / 1024:.1f} MB (quickstart) | {m['nginx_rss_start_kib'] / 1024:.1f} MB |",
+                  f"| per idle keep-alive connection | {m['turnpike_bytes_per_idle_conn'] / 1024:.2f} KB | {m['nginx_bytes_per_idle_conn'] / 1024:.2f} KB |",
+                  f"| peak RSS, 1000 active connections | {m['turnpike_peak_rss_1000_active_kib'] / 1024:.1f} MB | {m['nginx_peak_rss_1000_active_kib'] / 1024:.1f} MB |", ""]
+    if "counts" in results:
+        c = results["counts"]
+        lines += ["## Noise-free counts (fixed request count)", "| | instructions/request | syscalls/request |", "|---|---|---|"]
+        for n in ["nginx", "turnpike"]:
+            lines.append(f"| {n} | {c[n]['instructions_per_req']:.0f} | {c[n]['syscalls_per_req']:.2f} |")
+        lines += ["", f"Ratios turnpike / nginx: instructions {c['instructions_ratio']:.2f}, syscalls {c['syscalls_ratio']:.2f}.", ""]
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--duration", type=int, default=8)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
+    ap.add_argument("--workloads", default="w1,w4", help="comma list of w1, w4")
+    ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
+    ap.add_argument("--count-requests", type=int, default=20000)
+    args = ap.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
+    results = {"when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": f"{os.cpu_count()} cores, {os.uname().release}"}
+    with tempfile.TemporaryDirectory() as tmp:
+        proxies = Proxies(tmp)
+        try:
+            wanted = args.workloads.split(",")
+            if "w1" in wanted:
+                results["w1"] = w1(args, proxies)
+            if "w4" in wanted:
+                results["w4"] = w4(args, proxies)
+            if args.counts:
+                results["counts"] = counts(args, proxies)
+        finally:
+            proxies.stop_all()
+    text = report(results)
+    print(text)
+    out = ROOT / "bench" / "results"
+    out.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out / f"{stamp}.md").write_text(text + "\n")
+    (out / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    log(f"written bench/results/{stamp}.md and .json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# The load benchmark against nginx (../shared/reference/benchmarking.md): installs what is
+# missing (nginx, wrk, h2load, valgrind, strace), builds the release binaries, then runs
+# bench/run.py. Arguments are passed on, e.g. `bench/run.sh --rounds 6 --counts`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+have() { command -v "$1" >/dev/null 2>&1; }
+sudo_if_needed() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+missing=()
+have nginx || missing+=(nginx-light)
+have wrk || missing+=(wrk)
+have h2load || missing+=(nghttp2-client)
+have valgrind || missing+=(valgrind)
+have strace || missing+=(strace)
+have taskset || missing+=(util-linux)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+# The distribution's nginx service is not the one measured.
+sudo_if_needed systemctl stop nginx >/dev/null 2>&1 || true
+cargo build --release --locked --bin turnpike --example bench_upstream
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+exec python3 bench/run.py "$@"
