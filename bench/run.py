@@ -198,12 +198,19 @@ def w1(args, proxies):
             if proc:
                 stop(proc)
                 proxies.procs.pop(name, None)
-        noisy = any(m["foreign_pct"] > 5 or m["steal_pct"] > 2 for m in row.values())
-        bad = any(m["errors"] or m["non2xx"] for m in row.values())
-        row["kept"] = not noisy and not bad
+        reasons = []
+        for n, m in row.items():
+            if m["foreign_pct"] > 5:
+                reasons.append(f"{n} foreign {m['foreign_pct']:.1f}%")
+            if m["steal_pct"] > 2:
+                reasons.append(f"{n} steal {m['steal_pct']:.1f}%")
+            if m["errors"] or m["non2xx"]:
+                reasons.append(f"{n} {m['errors']} socket errors, {m['non2xx']} non-2xx")
+        row["kept"] = not reasons
+        row["discarded_because"] = reasons
         log(f"round {r + 1}: " + ", ".join(
             f"{n} {row[n]['cpu_us_per_req']:.2f}us {row[n]['rps']:.0f}rps (foreign {row[n]['foreign_pct']:.1f}%)"
-            for n in ["direct", "nginx", "turnpike"]) + ("" if row["kept"] else "  [discarded]"))
+            for n in ["direct", "nginx", "turnpike"]) + ("" if row["kept"] else f"  [discarded: {'; '.join(reasons)}]"))
         rounds.append(row)
     proxies.stop_all()
     kept = [r for r in rounds if r["kept"]] or rounds

@@ -15,8 +15,12 @@ use hyper_util::rt::TokioIo;
 const BODY: &[u8] = br#"{"ok":true,"msg":"hello"}"#;
 
 fn main() -> std::io::Result<()> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9100".into());
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9100".into());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         loop {
@@ -25,10 +29,15 @@ fn main() -> std::io::Result<()> {
             tokio::spawn(async move {
                 let svc = service_fn(|_req| async {
                     let mut resp = http::Response::new(Full::new(Bytes::from_static(BODY)));
-                    resp.headers_mut().insert("content-type", http::HeaderValue::from_static("application/json"));
+                    resp.headers_mut().insert(
+                        "content-type",
+                        http::HeaderValue::from_static("application/json"),
+                    );
                     Ok::<_, Infallible>(resp)
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
             });
         }
     })

@@ -212,6 +212,7 @@ fn explain_ctx(
         request_id: HeaderValue::from_static("explain"),
         started: tokio::time::Instant::now(),
         peer: ([127, 0, 0, 1], 0).into(),
+        peer_text: HeaderValue::from_static("127.0.0.1"),
         client_ip: [127, 0, 0, 1].into(),
         peer_trusted: false,
         scheme: "http",

@@ -3,8 +3,8 @@
 //! One enum instead of a boxed trait object: the proxy fast path (a request body read
 //! from the client, a response body read from an upstream) runs without an allocation
 //! per request. Streaming bodies carry an idle timer that is only allocated when a read
-//! actually has to wait, and may carry a hook that runs at the end of the stream (used by
-//! the upstream pool to take a connection back only after its response was read whole).
+//! actually has to wait, and may hold an upstream lease that is completed at the end of
+//! the stream (the pool takes a connection back only after its response was read whole).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -18,6 +18,8 @@ use http_body::{Body as _, Frame, SizeHint};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
+
+use crate::upstream::Lease;
 
 /// The error a body stream ends with. Carried as the boxed error hyper wants.
 #[derive(Debug)]
@@ -86,20 +88,16 @@ impl Body {
         Self::Stream(Box::new(StreamBody::new(inner, side, idle)))
     }
 
-    /// Like [`Body::stream`], running `hook` when the stream ends cleanly. A stream that
-    /// has already ended runs the hook now and gives an empty body.
-    pub fn stream_with_hook(
-        inner: Incoming,
-        side: Side,
-        idle: Duration,
-        hook: Box<dyn EndHook>,
-    ) -> Self {
+    /// Like [`Body::stream`], holding `lease` until the stream ends: completed when it
+    /// ends cleanly (the connection goes back to its pool), dropped otherwise. A stream
+    /// that has already ended completes the lease now and gives an empty body.
+    pub fn stream_with_lease(inner: Incoming, side: Side, idle: Duration, lease: Lease) -> Self {
         if http_body::Body::is_end_stream(&inner) {
-            hook.on_end();
+            lease.complete();
             return Self::Empty;
         }
         let mut s = StreamBody::new(inner, side, idle);
-        s.end_hook = Some(hook);
+        s.lease = Some(lease);
         Self::Stream(Box::new(s))
     }
 
@@ -112,12 +110,6 @@ impl Body {
     }
 }
 
-/// Runs once when a streamed body has been read to its end, successfully.
-pub trait EndHook: Send + Sync {
-    /// Called at most once, at the end of a complete stream.
-    fn on_end(self: Box<Self>);
-}
-
 /// A body streamed from a peer: hyper's `Incoming` plus an idle timer, optional byte
 /// counter and optional end-of-stream hook.
 pub struct StreamBody {
@@ -126,7 +118,7 @@ pub struct StreamBody {
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
     counter: Option<Arc<AtomicU64>>,
-    end_hook: Option<Box<dyn EndHook>>,
+    lease: Option<Lease>,
     limit: Option<u64>,
     seen: u64,
 }
@@ -139,7 +131,7 @@ impl StreamBody {
             idle,
             timer: None,
             counter: None,
-            end_hook: None,
+            lease: None,
             limit: None,
             seen: 0,
         }
@@ -148,11 +140,6 @@ impl StreamBody {
     /// Adds every data byte read to `counter`.
     pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
         self.counter = Some(counter);
-    }
-
-    /// Runs `hook` when the stream ends cleanly.
-    pub fn on_end(&mut self, hook: Box<dyn EndHook>) {
-        self.end_hook = Some(hook);
     }
 
     /// Fails the stream once more than `limit` data bytes were read.
@@ -189,8 +176,8 @@ impl StreamBody {
     }
 
     fn finish(&mut self) {
-        if let Some(hook) = self.end_hook.take() {
-            hook.on_end();
+        if let Some(lease) = self.lease.take() {
+            lease.complete();
         }
     }
 
@@ -207,7 +194,7 @@ impl StreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(cause))) => {
-                self.end_hook = None;
+                self.lease = None;
                 let side = self.side;
                 Poll::Ready(Some(Err(Box::new(BodyError::Broken { side, cause }))))
             }
@@ -217,7 +204,7 @@ impl StreamBody {
             }
             Poll::Pending => match self.poll_timer(cx) {
                 Poll::Ready(e) => {
-                    self.end_hook = None;
+                    self.lease = None;
                     Poll::Ready(Some(Err(Box::new(e))))
                 }
                 Poll::Pending => Poll::Pending,

@@ -86,6 +86,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedProxies) ->
 pub struct Hop<'a> {
     /// The address of the connection's peer.
     pub peer: IpAddr,
+    /// The same address as text, made once per connection ([`ip_text`]).
+    pub peer_text: &'a HeaderValue,
     /// Whether that peer is a trusted proxy.
     pub peer_trusted: bool,
     /// The client address ([`client_ip`]).
@@ -93,50 +95,70 @@ pub struct Hop<'a> {
     /// `http` or `https`, as the client reached the gateway.
     pub proto: &'static str,
     /// The host the client asked for.
-    pub host: &'a str,
+    pub host: &'a HeaderValue,
+}
+
+/// An address as a header value (done once per connection, not per request).
+pub fn ip_text(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&canonical(ip).to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 
 /// Sets the forwarding headers of a request about to leave for an upstream.
+///
+/// From an untrusted peer (the common case) every value is the peer's address or the
+/// host as received: no formatting, one allocation (`Forwarded`).
 pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>) {
-    let peer = canonical(hop.peer);
+    let proto = HeaderValue::from_static(hop.proto);
+    if !hop.peer_trusted {
+        headers.insert(&X_FORWARDED_FOR, hop.peer_text.clone());
+        headers.insert(&X_FORWARDED_PROTO, proto);
+        headers.insert(&X_FORWARDED_HOST, hop.host.clone());
+        headers.insert(&X_REAL_IP, hop.peer_text.clone());
+        let mut fwd = String::with_capacity(40 + hop.host.len());
+        push_forwarded(&mut fwd, hop);
+        put(headers, &FORWARDED, &fwd);
+        return;
+    }
     let mut buf = String::with_capacity(64);
-    if hop.peer_trusted {
-        join_existing(headers, &X_FORWARDED_FOR, &mut buf);
-    }
-    let _ = write!(buf, "{peer}");
+    join_existing(headers, &X_FORWARDED_FOR, &mut buf);
+    buf.push_str(hop.peer_text.to_str().unwrap_or_default());
     put(headers, &X_FORWARDED_FOR, &buf);
-
-    if !(hop.peer_trusted && headers.contains_key(&X_FORWARDED_PROTO)) {
-        headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(hop.proto));
+    if !headers.contains_key(&X_FORWARDED_PROTO) {
+        headers.insert(&X_FORWARDED_PROTO, proto);
     }
-    if !(hop.peer_trusted && headers.contains_key(&X_FORWARDED_HOST)) {
-        put(headers, &X_FORWARDED_HOST, hop.host);
+    if !headers.contains_key(&X_FORWARDED_HOST) {
+        headers.insert(&X_FORWARDED_HOST, hop.host.clone());
     }
     buf.clear();
     let _ = write!(buf, "{}", canonical(hop.client));
     put(headers, &X_REAL_IP, &buf);
-
     buf.clear();
-    if hop.peer_trusted {
-        join_existing(headers, &FORWARDED, &mut buf);
+    join_existing(headers, &FORWARDED, &mut buf);
+    push_forwarded(&mut buf, hop);
+    put(headers, &FORWARDED, &buf);
+}
+
+/// Appends one RFC 7239 element: `for=..;proto=..;host=".."`.
+fn push_forwarded(buf: &mut String, hop: &Hop<'_>) {
+    let peer = hop.peer_text.to_str().unwrap_or_default();
+    if canonical(hop.peer).is_ipv6() {
+        buf.push_str("for=\"[");
+        buf.push_str(peer);
+        buf.push_str("]\"");
+    } else {
+        buf.push_str("for=");
+        buf.push_str(peer);
     }
-    match peer {
-        IpAddr::V4(v4) => {
-            let _ = write!(buf, "for={v4}");
-        }
-        IpAddr::V6(v6) => {
-            let _ = write!(buf, "for=\"[{v6}]\"");
-        }
-    }
-    let _ = write!(buf, ";proto={};host=\"", hop.proto);
-    for c in hop.host.chars() {
+    buf.push_str(";proto=");
+    buf.push_str(hop.proto);
+    buf.push_str(";host=\"");
+    for c in hop.host.to_str().unwrap_or_default().chars() {
         if c == '"' || c == '\\' {
             buf.push('\\');
         }
         buf.push(c);
     }
     buf.push('"');
-    put(headers, &FORWARDED, &buf);
 }
 
 /// Appends `via` (for example `1.1 turnpike`) to the `Via` chain.
@@ -218,10 +240,11 @@ mod tests {
         assert_eq!(client, peer);
         let hop = Hop {
             peer,
+            peer_text: &ip_text(peer),
             peer_trusted: false,
             client,
             proto: "http",
-            host: "api.example",
+            host: &HeaderValue::from_static("api.example"),
         };
         set_forwarding_headers(&mut h, &hop);
         assert_eq!(h[&X_FORWARDED_FOR], "203.0.113.5");
@@ -242,10 +265,11 @@ mod tests {
         assert_eq!(client, "1.2.3.4".parse::<IpAddr>().unwrap());
         let hop = Hop {
             peer,
+            peer_text: &ip_text(peer),
             peer_trusted: true,
             client,
             proto: "http",
-            host: "api.example",
+            host: &HeaderValue::from_static("api.example"),
         };
         set_forwarding_headers(&mut h, &hop);
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9, 10.1.1.1");
@@ -277,10 +301,11 @@ mod tests {
         let mut h = HeaderMap::new();
         let hop = Hop {
             peer: v6,
+            peer_text: &ip_text(v6),
             peer_trusted: false,
             client: v6,
             proto: "https",
-            host: "a:8443",
+            host: &HeaderValue::from_static("a:8443"),
         };
         set_forwarding_headers(&mut h, &hop);
         assert_eq!(

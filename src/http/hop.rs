@@ -5,16 +5,13 @@
 //! (`Connection: close, X-Secret`), so the names are honoured, except framing and
 //! routing fields the gateway sets itself, which a client must not be able to delete.
 
-use http::header::{HeaderMap, HeaderName, CONNECTION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderMap, HeaderName, CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
+};
 
 /// Headers that are hop-by-hop whether or not `Connection` names them.
-const ALWAYS: [&str; 5] = [
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "http2-settings",
-];
+const ALWAYS: [&str; 3] = ["keep-alive", "proxy-connection", "http2-settings"];
 
 /// Names a client may list in `Connection` that are still forwarded: dropping them would
 /// change the framing or the routing of the forwarded request.
@@ -33,6 +30,9 @@ pub struct HopInfo {
 /// is dropped. `Upgrade` is always removed here; the WebSocket path puts back a canonical
 /// one when the route allows upgrades.
 pub fn strip_request(headers: &mut HeaderMap) -> HopInfo {
+    if !headers.keys().any(is_hop_by_hop) {
+        return HopInfo::default();
+    }
     let info = HopInfo {
         websocket: wants_websocket(headers),
     };
@@ -48,8 +48,24 @@ pub fn strip_request(headers: &mut HeaderMap) -> HopInfo {
 
 /// Removes hop-by-hop headers from a response about to be sent to the client.
 pub fn strip_response(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     strip_common(headers);
     headers.remove(TE);
+}
+
+/// Whether `name` is hop-by-hop on its own (one comparison per header on the fast path:
+/// most requests carry none, and then nothing is removed).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == CONNECTION
+        || name == TE
+        || name == TRAILER
+        || name == TRANSFER_ENCODING
+        || name == UPGRADE
+        || name == PROXY_AUTHORIZATION
+        || name == PROXY_AUTHENTICATE
+        || ALWAYS.contains(&name.as_str())
 }
 
 fn strip_common(headers: &mut HeaderMap) {
@@ -71,6 +87,8 @@ fn strip_common(headers: &mut HeaderMap) {
     for name in ALWAYS {
         headers.remove(name);
     }
+    headers.remove(PROXY_AUTHORIZATION);
+    headers.remove(PROXY_AUTHENTICATE);
     headers.remove(TRAILER);
     headers.remove(TRANSFER_ENCODING);
     headers.remove(UPGRADE);

@@ -21,6 +21,8 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The TCP peer.
     pub peer: SocketAddr,
+    /// The peer address as text, made once per connection.
+    pub peer_text: HeaderValue,
     /// The client address (the peer, or from `X-Forwarded-For` via trusted proxies).
     pub client_ip: IpAddr,
     /// Whether the peer is a trusted proxy.
@@ -80,6 +82,7 @@ impl RequestCtx {
             request_id: HeaderValue::from_static("test-id"),
             started: Instant::now(),
             peer: "10.0.0.1:40000".parse().expect("literal address"),
+            peer_text: HeaderValue::from_static("10.0.0.1"),
             client_ip: "10.0.0.1".parse().expect("literal address"),
             peer_trusted: false,
             scheme: "http",

@@ -33,6 +33,8 @@ pub struct Conn {
     pub scheme: &'static str,
     /// The client's address.
     pub peer: SocketAddr,
+    /// The client's IP address as text (for forwarding headers).
+    pub peer_text: HeaderValue,
 }
 
 /// Lowers the in-flight gauge when the request is over, however it ends.
@@ -78,6 +80,7 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         request_id,
         started,
         peer: conn.peer,
+        peer_text: conn.peer_text.clone(),
         client_ip: forwarded::client_ip(peer_ip, &parts.headers, &settings.trusted),
         peer_trusted: settings.trusted.contains(peer_ip),
         scheme: conn.scheme,
@@ -102,7 +105,7 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
     let log = snap.access_log.get().cloned();
-    let exchange = Box::new(Exchange::new(ctx, status, bytes_in, user_agent, log, guard));
+    let exchange = Exchange::new(ctx, status, bytes_in, user_agent, log, guard);
     http::Response::from_parts(parts, ObservedBody::new(body, exchange))
 }
 

@@ -84,6 +84,7 @@ pub async fn accept_loop(
             listener_name: name.clone(),
             scheme: "http",
             peer,
+            peer_text: crate::http::forwarded::ip_text(peer.ip()),
         });
         tracker.spawn(serve(stream, conn, builder.clone(), shutdown.clone()));
     }

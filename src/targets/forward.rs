@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use crate::config::upstream::UpstreamProtocol;
 use crate::config::validate::KeySource;
-use crate::http::body::{EndHook, Side};
+use crate::http::body::Side;
 use crate::http::forwarded::{self, Hop, TrustedProxies};
 use crate::http::{hop, Body, BodyError, GatewayError, Request, Response};
 use crate::pipeline::RequestCtx;
@@ -26,8 +26,8 @@ use crate::router::rewrite::Rewrite;
 use crate::telemetry::metrics::RouteStats;
 use crate::upstream::balancer::PickInput;
 use crate::upstream::hash::{hash64, request_key};
-use crate::upstream::pool::{Checkin, SendError};
-use crate::upstream::{Cluster, InFlight};
+use crate::upstream::pool::SendError;
+use crate::upstream::{Cluster, Lease};
 
 /// Settings shared by every forward of a snapshot.
 pub struct ProxySettings {
@@ -103,21 +103,6 @@ struct Keys<'a> {
 impl PickInput for Keys<'_> {
     fn key(&self, source: &KeySource) -> Option<u64> {
         request_key(source, self.headers, self.ctx.client_ip).map(|k| hash64(&k))
-    }
-}
-
-/// Gives a connection back and releases the endpoint's in-flight count when the
-/// response body ends; releases only the count when the body is dropped early.
-struct ResponseHook {
-    checkin: Option<Checkin>,
-    _in_flight: InFlight,
-}
-
-impl EndHook for ResponseHook {
-    fn on_end(self: Box<Self>) {
-        if let Some(c) = self.checkin {
-            c.give_back();
-        }
     }
 }
 
@@ -215,11 +200,8 @@ impl Forward {
         }
         let (mut parts, body) = resp.into_parts();
         hop::strip_response(&mut parts.headers);
-        let hook = Box::new(ResponseHook {
-            checkin,
-            _in_flight: in_flight,
-        });
-        let body = Body::stream_with_hook(body, Side::Upstream, to.timeouts.idle, hook);
+        let lease = Lease { in_flight, checkin };
+        let body = Body::stream_with_lease(body, Side::Upstream, to.timeouts.idle, lease);
         Ok(http::Response::from_parts(parts, body))
     }
 
@@ -253,12 +235,14 @@ impl Forward {
             headers.insert(HOST, host);
         }
         headers.remove(EXPECT);
+        headers.reserve(8);
         let hop = Hop {
             peer: ctx.peer.ip(),
+            peer_text: &ctx.peer_text,
             peer_trusted: ctx.peer_trusted,
             client: ctx.client_ip,
             proto: ctx.scheme,
-            host: ctx.host_str(),
+            host: &ctx.host,
         };
         forwarded::set_forwarding_headers(headers, &hop);
         if let Some((v1, v2)) = &s.via {

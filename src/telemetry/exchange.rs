@@ -117,12 +117,12 @@ fn protocol(v: Version) -> &'static str {
 /// The response body sent to the client: counts bytes and closes the exchange.
 pub struct ObservedBody {
     inner: Body,
-    exchange: Option<Box<Exchange>>,
+    exchange: Option<Exchange>,
 }
 
 impl ObservedBody {
     /// Wraps `inner`; `exchange` is closed when the body ends or is dropped.
-    pub fn new(inner: Body, exchange: Box<Exchange>) -> Self {
+    pub fn new(inner: Body, exchange: Exchange) -> Self {
         Self {
             inner,
             exchange: Some(exchange),

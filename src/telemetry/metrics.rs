@@ -24,6 +24,12 @@ pub const BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// The same bounds in microseconds, for the request path (no float arithmetic).
+const BUCKETS_MICROS: [u64; 14] = [
+    500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
+    2_500_000, 5_000_000, 10_000_000,
+];
+
 /// The label index of a method.
 pub fn method_index(m: &Method) -> usize {
     METHODS.iter().position(|n| *n == m.as_str()).unwrap_or(7)
@@ -61,14 +67,13 @@ impl RouteStats {
     /// (method, status class) pair is seen.
     pub fn record(&self, method: usize, status: u16, elapsed: Duration) {
         let cell = self.cells[method.min(7)][class_index(status)].get_or_init(Box::default);
-        let secs = elapsed.as_secs_f64();
-        let bucket = BUCKETS
+        let micros = elapsed.as_micros() as u64;
+        let bucket = BUCKETS_MICROS
             .iter()
-            .position(|b| secs <= *b)
+            .position(|b| micros <= *b)
             .unwrap_or(BUCKETS.len());
         cell.buckets[bucket].fetch_add(1, Relaxed);
-        cell.sum_micros
-            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+        cell.sum_micros.fetch_add(micros, Relaxed);
     }
 
     /// Requests counted so far for one method and status class.

@@ -49,6 +49,24 @@ impl Drop for InFlight {
     }
 }
 
+/// An endpoint lent to one exchange: its in-flight count, and the HTTP/1.1 connection
+/// to give back once the response body has been read whole.
+pub struct Lease {
+    /// Released when the lease is dropped.
+    pub in_flight: InFlight,
+    /// The pooled connection, if any.
+    pub checkin: Option<pool::Checkin>,
+}
+
+impl Lease {
+    /// The exchange ended cleanly: the connection may be reused.
+    pub fn complete(self) {
+        if let Some(c) = self.checkin {
+            c.give_back();
+        }
+    }
+}
+
 /// The endpoints of a cluster at one moment, with their balancing table.
 pub struct EndpointSet {
     /// The endpoints.

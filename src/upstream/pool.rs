@@ -8,6 +8,7 @@
 //! pooled connection (the upstream closed it while idle) is retried once on a fresh one:
 //! nothing reached the upstream, so this is safe for every method.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, Weak};
@@ -52,7 +53,7 @@ struct Idle {
 pub struct Pool {
     addr: SocketAddr,
     config: PoolConfig,
-    idle: Mutex<Vec<Idle>>,
+    idle: Mutex<VecDeque<Idle>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
     stats: Arc<UpstreamStats>,
 }
@@ -78,7 +79,7 @@ impl Pool {
         Arc::new(Self {
             addr,
             config,
-            idle: Mutex::new(Vec::new()),
+            idle: Mutex::new(VecDeque::new()),
             h2: tokio::sync::Mutex::new(None),
             stats,
         })
@@ -154,7 +155,7 @@ impl Pool {
         loop {
             let entry = {
                 let mut idle = self.idle.lock().ok()?;
-                idle.pop()?
+                idle.pop_back()?
             };
             if entry.since.elapsed() > self.config.idle_timeout || entry.tx.is_closed() {
                 continue;
@@ -175,16 +176,18 @@ impl Pool {
         if tx.is_closed() {
             return;
         }
+        let now = Instant::now();
         let Ok(mut idle) = self.idle.lock() else {
             return;
         };
-        let timeout = self.config.idle_timeout;
-        idle.retain(|e| e.since.elapsed() <= timeout && !e.tx.is_closed());
+        // Prune from the old end, one per return: amortized, no scan of the stack.
+        if idle.front().is_some_and(|e| {
+            now.duration_since(e.since) > self.config.idle_timeout || e.tx.is_closed()
+        }) {
+            idle.pop_front();
+        }
         if idle.len() < self.config.max_idle {
-            idle.push(Idle {
-                tx,
-                since: Instant::now(),
-            });
+            idle.push_back(Idle { tx, since: now });
         }
     }
 
