@@ -100,7 +100,8 @@ pub fn explain(config: LoadedConfig, req: &Request) -> Result<String, String> {
     let (entry, params) = match found {
         Found::Route { entry, params } => (entry, params),
         Found::MethodNotAllowed(m) => {
-            let names: Vec<&str> = m.iter().map(Method::as_str).collect();
+            let mut names: Vec<&str> = m.iter().map(Method::as_str).collect();
+            names.sort_unstable();
             let _ = writeln!(
                 out,
                 "result:   405 method_not_allowed (Allow: {})",
@@ -221,6 +222,7 @@ fn explain_ctx(
         uri: path_only,
         host: HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("")),
         version: Version::HTTP_11,
+        websocket: false,
         route: None,
         params,
         upstream: None,

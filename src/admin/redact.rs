@@ -5,35 +5,48 @@ use serde_json::Value;
 
 use crate::config::LoadedConfig;
 
+/// Key words (lower case, without `-` and `_`) marking a string value as a secret.
 const SENSITIVE: [&str; 8] = [
     "password",
     "secret",
     "token",
-    "api_key",
     "apikey",
-    "private_key",
-    "credentials",
+    "privatekey",
+    "credential",
     "authorization",
+    "cookie",
 ];
 
-/// The active configuration as JSON, with secrets replaced by `"[redacted]"`.
+/// The active configuration as JSON, with secrets replaced by `"[redacted]"`: every
+/// string containing a value substituted from the environment or a file (values of 8
+/// characters or more that are not plain numbers, so that `PORT=8080` hides nothing),
+/// and every string whose key names a secret (`x-api-key`, `client_secret`, ...).
 pub(super) fn config(loaded: &LoadedConfig) -> Value {
+    let secrets: Vec<&str> = loaded
+        .secrets
+        .iter()
+        .map(String::as_str)
+        .filter(|s| s.len() >= 8 && !s.bytes().all(|b| b.is_ascii_digit()))
+        .collect();
     let mut value = serde_json::to_value(&loaded.spec).unwrap_or(Value::Null);
-    walk(&mut value, &loaded.secrets, false);
+    walk(&mut value, &secrets, false);
     value
 }
 
-fn walk(v: &mut Value, secrets: &[String], sensitive: bool) {
+fn walk(v: &mut Value, secrets: &[&str], sensitive_key: bool) {
     match v {
-        Value::String(s) if sensitive || secrets.iter().any(|x| s.contains(x.as_str())) => {
+        Value::String(s) if sensitive_key || secrets.iter().any(|x| s.contains(x)) => {
             *s = "[redacted]".into();
         }
-        Value::Array(items) => items.iter_mut().for_each(|i| walk(i, secrets, sensitive)),
+        Value::Array(items) => items.iter_mut().for_each(|i| walk(i, secrets, false)),
         Value::Object(map) => {
             for (k, item) in map.iter_mut() {
-                let key = k.to_ascii_lowercase();
-                let hit = sensitive || SENSITIVE.iter().any(|s| key.contains(s));
-                walk(item, secrets, hit);
+                let key: String = k
+                    .chars()
+                    .filter(|c| *c != '-' && *c != '_')
+                    .flat_map(char::to_lowercase)
+                    .collect();
+                walk(item, secrets, SENSITIVE.iter().any(|s| key.contains(s)));
             }
         }
         _ => {}
@@ -47,17 +60,24 @@ mod tests {
     #[test]
     fn redacts_substituted_values_and_sensitive_keys() {
         let mut v = serde_json::json!({
-            "routes": [{"respond": {"headers": {"x-token": "abc", "x-ok": "Bearer s3cr3t-value"}}}],
+            "routes": [{"respond": {"headers": {"x-api-key": "abc", "x-ok": "Bearer s3cr3t-value"}}}],
             "plain": "visible",
-            "client_secret": {"nested": "hidden"}
+            "port": "127.0.0.1:8080",
+            "client_secret": "hidden",
+            "upstreams": {"token-service": {"endpoints": ["10.0.0.1:80"]}}
         });
-        walk(&mut v, &["s3cr3t-value".to_string()], false);
+        walk(&mut v, &["s3cr3t-value"], false);
         assert_eq!(
-            v["routes"][0]["respond"]["headers"]["x-token"],
+            v["routes"][0]["respond"]["headers"]["x-api-key"],
             "[redacted]"
         );
         assert_eq!(v["routes"][0]["respond"]["headers"]["x-ok"], "[redacted]");
         assert_eq!(v["plain"], "visible");
-        assert_eq!(v["client_secret"]["nested"], "[redacted]");
+        assert_eq!(v["port"], "127.0.0.1:8080");
+        assert_eq!(v["client_secret"], "[redacted]");
+        assert_eq!(
+            v["upstreams"]["token-service"]["endpoints"][0], "10.0.0.1:80",
+            "names are not secrets"
+        );
     }
 }

@@ -10,7 +10,8 @@
 //!   folder); one trailing newline is dropped;
 //! - any other `${name}` (lower case: `${request_id}`, `${id}`) is left in place for the
 //!   policies that take runtime templates, which reject names they do not know;
-//! - `$${` writes a literal `${`; any other `$` is literal (`^/v1/.*$` stays as is);
+//! - `$$` writes one `$` (so `$${` writes a literal `${`); any other `$` is literal
+//!   (`^/v1/.*$` stays as is);
 //! - comments and map keys are never substituted.
 
 use std::collections::HashMap;

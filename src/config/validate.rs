@@ -26,6 +26,16 @@ pub enum KeySource {
     ClientIp,
 }
 
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Header(h) => write!(f, "header:{h}"),
+            Self::Cookie(c) => write!(f, "cookie:{c}"),
+            Self::ClientIp => f.write_str("client_ip"),
+        }
+    }
+}
+
 impl KeySource {
     /// Parses `header:NAME`, `cookie:NAME` or `client_ip`.
     pub fn parse(text: &str) -> Result<Self, String> {
@@ -98,7 +108,9 @@ pub fn validate(spec: &GatewaySpec) -> Result<(), Problems> {
         check_upstream(&format!("upstreams.{name}"), name, up, &mut p);
     }
     check_timeouts("defaults.timeouts", &spec.defaults.timeouts, &mut p);
+    check_policies("defaults.policies", &spec.defaults.policies, &mut p);
     for (i, h) in spec.hosts.iter().enumerate() {
+        check_policies(&format!("hosts[{i}].policies"), &h.policies, &mut p);
         for (j, host) in h.hosts.iter().enumerate() {
             check_host_pattern(&format!("hosts[{i}].hosts[{j}]"), host, &mut p);
         }
@@ -435,18 +447,14 @@ fn check_value_match(path: &str, m: &ValueMatchSpec, p: &mut Problems) {
 
 /// Checks an exact (`api.example.com`) or wildcard (`*.example.com`) host pattern.
 pub fn check_host_pattern(path: &str, host: &str, p: &mut Problems) {
-    let name = host.strip_prefix("*.").unwrap_or(host);
-    let name =
-        name.rsplit_once(':').map_or(
-            name,
-            |(h, port)| {
-                if port.parse::<u16>().is_ok() {
-                    h
-                } else {
-                    name
-                }
-            },
+    if host.contains(':') {
+        p.push(
+            path.to_string(),
+            format!("`{host}`: hosts are matched without their port; write the name only"),
         );
+        return;
+    }
+    let name = host.strip_prefix("*.").unwrap_or(host);
     let ok = !name.is_empty()
         && name
             .split('.')

@@ -142,6 +142,11 @@ impl StreamBody {
         self.counter = Some(counter);
     }
 
+    /// Changes the idle timeout (a route's own `timeouts.idle`).
+    pub fn set_idle(&mut self, idle: Duration) {
+        self.idle = idle;
+    }
+
     /// Fails the stream once more than `limit` data bytes were read.
     pub fn limit(&mut self, limit: u64) {
         self.limit = Some(limit);

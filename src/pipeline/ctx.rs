@@ -39,6 +39,8 @@ pub struct RequestCtx {
     pub host: HeaderValue,
     /// The HTTP version of the client's request.
     pub version: Version,
+    /// The client asked for a WebSocket upgrade (read before hop-by-hop headers went).
+    pub websocket: bool,
     /// The matched route's name.
     pub route: Option<Arc<str>>,
     /// The matched route's path parameters (ranges into `uri.path()`).
@@ -91,6 +93,7 @@ impl RequestCtx {
             uri: Uri::from_static("/users/7"),
             host: HeaderValue::from_static("api.test"),
             version: Version::HTTP_11,
+            websocket: false,
             route: Some(Arc::from("users")),
             params: Params::default(),
             upstream: None,

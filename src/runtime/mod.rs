@@ -72,7 +72,7 @@ impl Runtime {
             ready: AtomicBool::new(false),
         });
         runtime.activate(&runtime.snapshot()).await?;
-        runtime.note_success();
+        runtime.note_loaded();
         Ok(runtime)
     }
 
@@ -124,7 +124,8 @@ impl Runtime {
         self.activate(&next).await?;
         self.current.store(Arc::new(next));
         self.generation.store(generation, Relaxed);
-        self.note_success();
+        self.metrics.reloads_success.fetch_add(1, Relaxed);
+        self.note_loaded();
         drop(old);
         self.metrics.prune();
         tracing::info!(generation, "configuration loaded");
@@ -191,8 +192,7 @@ impl Runtime {
         Ok(())
     }
 
-    fn note_success(&self) {
-        self.metrics.reloads_success.fetch_add(1, Relaxed);
+    fn note_loaded(&self) {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());

@@ -59,7 +59,11 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
     let rt = &conn.runtime;
     let guard = InFlightRequest::start(&rt.metrics);
     let snap = rt.snapshot();
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
+    // Connection-level headers go before routing and policies: what policies see and
+    // decide on is exactly what is forwarded, and a client cannot name a header a policy
+    // adds in `Connection` to have it removed.
+    let hop = crate::http::hop::strip_request(&mut parts.headers);
     let settings = &snap.settings;
     let request_id = match parts.headers.get(&settings.request_id_header) {
         Some(v) if request_id::is_acceptable(v) => v.clone(),
@@ -89,6 +93,7 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         uri: parts.uri.clone(),
         host,
         version: parts.version,
+        websocket: hop.websocket,
         route: None,
         params: Default::default(),
         upstream: None,

@@ -33,8 +33,8 @@ use crate::upstream::{Cluster, Lease};
 pub struct ProxySettings {
     /// Proxies whose forwarding headers are believed.
     pub trusted: TrustedProxies,
-    /// `Via` values for HTTP/1.x and HTTP/2 clients (`None`: no `Via`).
-    pub via: Option<(HeaderValue, HeaderValue)>,
+    /// `Via` values for HTTP/1.0, HTTP/1.1 and HTTP/2 clients (`None`: no `Via`).
+    pub via: Option<[HeaderValue; 3]>,
     /// Our `Via` pseudonym, for loop detection.
     pub pseudonym: String,
     /// Refuse requests already carrying our pseudonym this many times.
@@ -114,9 +114,11 @@ impl Forward {
         req: Request,
         to: &Binding,
     ) -> Result<Response, GatewayError> {
-        let (mut parts, body) = req.into_parts();
-        let hop = hop::strip_request(&mut parts.headers);
-        let upgrade = hop.websocket && self.websocket;
+        let (mut parts, mut body) = req.into_parts();
+        let upgrade = ctx.websocket && self.websocket;
+        if let Some(stream) = body.as_stream_mut() {
+            stream.set_idle(to.timeouts.idle);
+        }
         let cluster = &to.cluster;
         ctx.upstream = Some(cluster.name.clone());
         ctx.stats = Some(to.stats.clone());
@@ -245,11 +247,11 @@ impl Forward {
             host: &ctx.host,
         };
         forwarded::set_forwarding_headers(headers, &hop);
-        if let Some((v1, v2)) = &s.via {
-            let via = if ctx.version == Version::HTTP_2 {
-                v2
-            } else {
-                v1
+        if let Some([v10, v11, v2]) = &s.via {
+            let via = match ctx.version {
+                Version::HTTP_2 => v2,
+                Version::HTTP_10 | Version::HTTP_09 => v10,
+                _ => v11,
             };
             forwarded::append_via(headers, via);
         }
@@ -302,12 +304,11 @@ fn find_body_error(e: &hyper::Error) -> Option<&BodyError> {
     None
 }
 
-/// `Via` values for a pseudonym: (`1.1 name`, `2 name`).
-pub fn via_values(pseudonym: &str) -> Option<(HeaderValue, HeaderValue)> {
+/// `Via` values for a pseudonym: `1.0 name`, `1.1 name`, `2 name`.
+pub fn via_values(pseudonym: &str) -> Option<[HeaderValue; 3]> {
     if pseudonym.is_empty() {
         return None;
     }
-    let v1 = HeaderValue::from_str(&format!("1.1 {pseudonym}")).ok()?;
-    let v2 = HeaderValue::from_str(&format!("2 {pseudonym}")).ok()?;
-    Some((v1, v2))
+    let v = |version: &str| HeaderValue::from_str(&format!("{version} {pseudonym}")).ok();
+    Some([v("1.0")?, v("1.1")?, v("2")?])
 }

@@ -70,7 +70,7 @@ impl Split {
             })
             .collect();
         match &self.sticky {
-            Some(k) => format!("{} (sticky on {k:?})", parts.join(", ")),
+            Some(k) => format!("{} (sticky on {k})", parts.join(", ")),
             None => parts.join(", "),
         }
     }

@@ -213,3 +213,25 @@ async fn a_client_vanishing_mid_body_leaves_the_gateway_healthy() {
     let r = get(&format!("{}/y", url(&gw, "public")), &[]).await;
     assert_eq!(r.status, 200);
 }
+
+#[tokio::test]
+async fn a_stalled_request_body_is_408_at_the_idle_timeout() {
+    let up = echo("u").await;
+    let gw = gateway(&one_route(up.addr, "", "timeouts: {idle: 300ms}")).await;
+    let started = Instant::now();
+    let mut s = tokio::net::TcpStream::connect(gw.listener_addr("public").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\nonly-part")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    assert!(head.starts_with("HTTP/1.1 408"), "{head}");
+    assert!(head.contains("request_timeout"), "{head}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}

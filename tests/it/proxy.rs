@@ -403,3 +403,24 @@ async fn no_tunnel_when_the_upstream_refuses_the_upgrade() {
     );
     assert_eq!(up.hits(), 1);
 }
+
+#[tokio::test]
+async fn clients_cannot_strip_headers_that_policies_add() {
+    let up = echo("u").await;
+    let policy = r#"policies:
+      - type: headers
+        request: {set: {x-gateway-auth: "from-policy"}}"#;
+    let gw = gateway(&config(&up, "", policy)).await;
+    let e = get(
+        &format!("{}/x", url(&gw, "public")),
+        &[(
+            "connection",
+            "keep-alive, x-gateway-auth, x-forwarded-for, via",
+        )],
+    )
+    .await
+    .echo();
+    assert_eq!(e.header("x-gateway-auth"), Some("from-policy"));
+    assert_eq!(e.header("x-forwarded-for"), Some("127.0.0.1"));
+    assert_eq!(e.header("via"), Some("1.1 turnpike"));
+}

@@ -51,7 +51,7 @@ routes:
         "turnpike_request_duration_seconds_count{route=\"api\",method=\"GET\",status_class=\"2xx\",upstream=\"svc\"} 3",
         "turnpike_request_duration_seconds_bucket{route=\"api\",method=\"GET\",status_class=\"2xx\",upstream=\"svc\",le=\"+Inf\"} 3",
         "turnpike_requests_in_flight 0",
-        "turnpike_config_reloads_total{result=\"success\"} 1",
+        "turnpike_config_reloads_total{result=\"success\"} 0",
         "turnpike_upstream_connect_errors_total{upstream=\"svc\"} 0",
         "# TYPE turnpike_request_duration_seconds histogram",
         "# TYPE process_resident_memory_bytes gauge",
