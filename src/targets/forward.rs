@@ -169,7 +169,7 @@ impl Forward {
         let pool = &ep.pool;
         let sent = tokio::time::timeout(to.timeouts.request, async {
             if upgrade {
-                pool.send_upgrade(req, to.timeouts.connect)
+                Box::pin(pool.send_upgrade(req, to.timeouts.connect))
                     .await
                     .map(|r| (r, None))
             } else {

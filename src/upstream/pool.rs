@@ -99,7 +99,9 @@ impl Pool {
     ) -> Result<(http::Response<Incoming>, Option<Checkin>), SendError> {
         match self.config.protocol {
             UpstreamProtocol::Http1 => self.send_h1(req, connect_timeout).await,
-            UpstreamProtocol::H2c => self.send_h2(req, connect_timeout).await.map(|r| (r, None)),
+            UpstreamProtocol::H2c => Box::pin(self.send_h2(req, connect_timeout))
+                .await
+                .map(|r| (r, None)),
         }
     }
 
@@ -117,7 +119,12 @@ impl Pool {
             };
             let (mut tx, reused) = match idle {
                 Some(tx) => (tx, true),
-                None => (self.connect_h1(connect_timeout, false).await?, false),
+                // Connecting is rare on a warm pool: boxed, so that its large future does not
+                // inflate every request's state.
+                None => (
+                    Box::pin(self.connect_h1(connect_timeout, false)).await?,
+                    false,
+                ),
             };
             match tx.try_send_request(req).await {
                 Ok(resp) => {
@@ -147,7 +154,7 @@ impl Pool {
         req: http::Request<Body>,
         connect_timeout: Duration,
     ) -> Result<http::Response<Incoming>, SendError> {
-        let mut tx = self.connect_h1(connect_timeout, true).await?;
+        let mut tx = Box::pin(self.connect_h1(connect_timeout, true)).await?;
         tx.send_request(req).await.map_err(SendError::Exchange)
     }
 
@@ -250,7 +257,7 @@ impl Pool {
             match slot.as_ref() {
                 Some(tx) if !tx.is_closed() => tx.clone(),
                 _ => {
-                    let tx = self.connect_h2(connect_timeout).await?;
+                    let tx = Box::pin(self.connect_h2(connect_timeout)).await?;
                     *slot = Some(tx.clone());
                     tx
                 }
