@@ -319,8 +319,9 @@ def counts(args, proxies):
         trace.wait(10)
         calls = 0
         for line in (cg.parent / "strace.txt").read_text().splitlines():
-            if line.strip().endswith("total"):
-                calls = int(line.split()[2])
+            fields = line.split()
+            if fields and fields[-1] == "total":
+                calls = int(fields[3])
         stop(proc)
         proxies.procs.pop(name, None)
         out[name] = {"instructions_per_req": total / n, "syscalls_per_req": calls / n}
@@ -376,7 +377,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,w4", help="comma list of w1, w4")
+    ap.add_argument("--workloads", default="w1,w4", help="comma list of w1, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
     args = ap.parse_args()
