@@ -14,6 +14,9 @@ pub fn spawn_binary(config: &std::path::Path) -> (std::process::Child, SocketAdd
     let mut child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
         .args(["run", "-c"])
         .arg(config)
+        // The bound address is read from the startup log line, whatever the caller's
+        // TURNPIKE_LOG says.
+        .env("TURNPIKE_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
