@@ -7,6 +7,7 @@ steal > 2%) are thrown out; medians with min and max are reported, as ratios to 
 the same run. Workloads:
 
   W1  plain proxy, GET, 25 B body, 50 keep-alive connections (wrk -t1 -c50)
+  latency  added p50/p99 over direct at a fixed 1,000 requests/s (oha)
   W4  memory: RSS at start (quickstart config), bytes per idle keep-alive connection
       (5000 connections after one request each), peak RSS at 1000 active connections
   counts  (--counts) user-space instructions per request (callgrind) and system calls
@@ -245,6 +246,42 @@ def hold_idle_connections(port, n):
     return socks
 
 
+def oha_latency(port, seconds):
+    """p50 and p99 in ms at a fixed 1,000 requests/s over 10 connections (oha)."""
+    out = subprocess.run(["taskset", "-c", LOAD_CORE, "oha", "-q", "1000", "-c", "10", "-z", f"{seconds}s",
+                          "--latency-correction", "--no-tui", "--output-format", "json",
+                          f"http://127.0.0.1:{port}/"], capture_output=True, text=True, check=True).stdout
+    data = json.loads(out)
+    p = data.get("latencyPercentiles") or data.get("latency_percentiles") or {}
+    return {"p50_ms": p["p50"] * 1000, "p99_ms": p["p99"] * 1000}
+
+
+def latency(args, proxies):
+    """Added latency at 1,000 requests/s: each proxy's p50/p99 minus direct's, per round."""
+    upstream = proxies.start_upstream()
+    rounds = []
+    for r in range(args.latency_rounds):
+        row = {"direct": oha_latency(PORTS["upstream"], args.latency_seconds)}
+        for name in ["nginx", "turnpike"]:
+            proc = proxies.start(name)
+            check_guard(PORTS[name])
+            row[name] = oha_latency(PORTS[name], args.latency_seconds)
+            stop(proc)
+            proxies.procs.pop(name, None)
+        for name in ["nginx", "turnpike"]:
+            row[name]["added_p50_ms"] = row[name]["p50_ms"] - row["direct"]["p50_ms"]
+            row[name]["added_p99_ms"] = row[name]["p99_ms"] - row["direct"]["p99_ms"]
+        log(f"latency round {r + 1}: " + ", ".join(
+            f"{n} +{row[n]['added_p50_ms']:.3f}/+{row[n]['added_p99_ms']:.3f} ms" for n in ["nginx", "turnpike"]))
+        rounds.append(row)
+    stop(upstream)
+    proxies.procs.clear()
+    med = lambda n, k: statistics.median(r[n][k] for r in rounds)
+    return {"rounds": rounds, **{f"{n}_{k}": med(n, k) for n in ["nginx", "turnpike"]
+                                 for k in ["added_p50_ms", "added_p99_ms"]},
+            "direct_p50_ms": med("direct", "p50_ms"), "direct_p99_ms": med("direct", "p99_ms")}
+
+
 def w4(args, proxies):
     out = {}
     # RSS at start with the quickstart config.
@@ -356,6 +393,13 @@ def report(results):
         q = w["ratio_turnpike_nginx"]
         lines += ["", f"**CPU per request, turnpike / nginx: {q['median']:.2f}** (per round {q['min']:.2f}-{q['max']:.2f}); "
                   f"load core busy {w['load_core_pct']['median']:.0f}% during turnpike rounds.", ""]
+    if "latency" in results:
+        l = results["latency"]
+        lines += ["## Added latency at 1,000 requests/s (oha, 10 connections, medians over rounds)",
+                  "| | added p50 | added p99 |", "|---|---|---|",
+                  f"| nginx | {l['nginx_added_p50_ms']:+.3f} ms | {l['nginx_added_p99_ms']:+.3f} ms |",
+                  f"| turnpike | {l['turnpike_added_p50_ms']:+.3f} ms | {l['turnpike_added_p99_ms']:+.3f} ms |",
+                  f"Direct: p50 {l['direct_p50_ms']:.3f} ms, p99 {l['direct_p99_ms']:.3f} ms.", ""]
     if "w4" in results:
         m = results["w4"]
         lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",
@@ -377,9 +421,11 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,w4", help="comma list of w1, w4 (empty for none)")
+    ap.add_argument("--workloads", default="w1,latency,w4", help="comma list of w1, latency, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
+    ap.add_argument("--latency-rounds", type=int, default=3)
+    ap.add_argument("--latency-seconds", type=int, default=10)
     args = ap.parse_args()
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(65536, hard), hard))
@@ -390,6 +436,11 @@ def main():
             wanted = args.workloads.split(",")
             if "w1" in wanted:
                 results["w1"] = w1(args, proxies)
+            if "latency" in wanted:
+                if shutil_which("oha"):
+                    results["latency"] = latency(args, proxies)
+                else:
+                    log("oha not found: skipping the latency workload (bench/run.sh installs it)")
             if "w4" in wanted:
                 results["w4"] = w4(args, proxies)
             if args.counts:

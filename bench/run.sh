@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The load benchmark against nginx (../shared/reference/benchmarking.md): installs what is
-# missing (nginx, wrk, h2load, valgrind, strace), builds the release binaries, then runs
+# missing (nginx, wrk, oha, h2load, valgrind, strace), builds the release binaries, then runs
 # bench/run.py. Arguments are passed on, e.g. `bench/run.sh --rounds 6 --counts`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   sudo_if_needed apt-get update -qq
   DEBIAN_FRONTEND=noninteractive sudo_if_needed apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+# oha (added latency at a fixed rate) comes from crates.io.
+if ! have oha && [ ! -x "$HOME/.cargo/bin/oha" ]; then
+  cargo install oha --locked
+fi
+export PATH="$HOME/.cargo/bin:$PATH"
 # The distribution's nginx service is not the one measured.
 sudo_if_needed systemctl stop nginx >/dev/null 2>&1 || true
 cargo build --release --locked --bin turnpike --example bench_upstream
