@@ -12,6 +12,8 @@ use tokio_util::task::TaskTracker;
 use crate::config::validate::parse_bind;
 use crate::config::{ConfigErrors, LoadedConfig};
 use crate::runtime::{reload, Runtime};
+use crate::server::signal::{Registry, GRACEFUL};
+use crate::server::Shared;
 use crate::upstream::dns::{Resolve, SystemResolver};
 
 /// How to start a gateway.
@@ -68,6 +70,7 @@ pub struct Gateway {
     admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     tracker: TaskTracker,
+    connections: Arc<Registry>,
 }
 
 impl Gateway {
@@ -79,6 +82,11 @@ impl Gateway {
             .map_err(StartError::Config)?;
         let (shutdown, _) = watch::channel(false);
         let tracker = TaskTracker::new();
+        let shared = Arc::new(Shared {
+            runtime: runtime.clone(),
+            connections: Arc::new(Registry::default()),
+            tracker: tracker.clone(),
+        });
         let mut listeners = Vec::new();
         for (i, l) in spec.listeners.iter().enumerate() {
             let what = format!("listeners[{i}] ({})", l.name);
@@ -93,11 +101,10 @@ impl Gateway {
             listeners.push((l.name.clone(), bound));
             tokio::spawn(crate::server::accept_loop(
                 socket,
-                runtime.clone(),
+                shared.clone(),
                 i,
                 Arc::from(l.name.as_str()),
                 shutdown.subscribe(),
-                tracker.clone(),
             ));
         }
         let admin = match &spec.admin {
@@ -137,6 +144,7 @@ impl Gateway {
             admin,
             shutdown,
             tracker,
+            connections: shared.connections.clone(),
         })
     }
 
@@ -168,6 +176,7 @@ impl Gateway {
     pub async fn shutdown(self, grace: Duration) -> bool {
         self.runtime.ready.store(false, Relaxed);
         let _ = self.shutdown.send(true);
+        self.connections.raise_all(GRACEFUL);
         self.tracker.close();
         let drained = tokio::time::timeout(grace, self.tracker.wait())
             .await

@@ -31,7 +31,14 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
     tracker: TaskTracker,
 ) {
-    let builder = Arc::new(crate::server::http_builder());
+    let builder = {
+        let mut b =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        b.http1()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(std::time::Duration::from_secs(10));
+        Arc::new(b)
+    };
     loop {
         let (stream, _) = tokio::select! {
             _ = crate::server::stopped(&mut shutdown) => break,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use super::units::Size;
 use super::upstream::TimeoutsSpec;
 use crate::policies::PolicySpec;
 
@@ -42,6 +43,10 @@ pub struct RouteSpec {
     /// Allow WebSocket upgrades on this route.
     #[serde(default)]
     pub websocket: bool,
+    /// The largest request body this route accepts (default: the listener's
+    /// `limits.max_body`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<Size>,
     /// Policies of this route, after the inherited defaults.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policies: Vec<PolicySpec>,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::route::RouteSpec;
-use super::units::Dur;
+use super::units::{Dur, Size};
 use super::upstream::{TimeoutsSpec, UpstreamSpec};
 use crate::policies::PolicySpec;
 
@@ -58,7 +58,25 @@ pub struct ServerSpec {
     pub request_id_header: String,
     /// Reload when the config file changes on disk.
     pub watch_config: bool,
+    /// Request headers that only the gateway may set (identity it derives, client
+    /// certificate details): removed from every client request before routing. A name
+    /// ending in `*` is a prefix.
+    pub internal_headers: Vec<String>,
 }
+
+/// Headers removed from client requests by default: those Kong, Envoy and this gateway's
+/// own policies use to tell upstreams who the caller is.
+pub const DEFAULT_INTERNAL_HEADERS: &[&str] = &[
+    "x-forwarded-client-cert",
+    "x-client-cert*",
+    "x-consumer-*",
+    "x-credential-*",
+    "x-authenticated-*",
+    "x-anonymous-consumer",
+    "x-gateway-*",
+    "x-turnpike-*",
+    "x-envoy-*",
+];
 
 impl Default for ServerSpec {
     fn default() -> Self {
@@ -70,6 +88,10 @@ impl Default for ServerSpec {
             max_hops: 4,
             request_id_header: "x-request-id".into(),
             watch_config: true,
+            internal_headers: DEFAULT_INTERNAL_HEADERS
+                .iter()
+                .map(|h| (*h).to_owned())
+                .collect(),
         }
     }
 }
@@ -85,6 +107,141 @@ pub struct ListenerSpec {
     /// Policies run for every route served on this listener, before host and route policies.
     #[serde(default)]
     pub policies: Vec<PolicySpec>,
+    /// Size and count limits (edge-safe defaults).
+    #[serde(default)]
+    pub limits: LimitsSpec,
+    /// Client-side timeouts (edge-safe defaults).
+    #[serde(default)]
+    pub timeouts: ListenerTimeoutsSpec,
+    /// Request acceptance and normalization rules.
+    #[serde(default)]
+    pub http: HttpRulesSpec,
+}
+
+/// Limits of a listener; every one is on by default.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsSpec {
+    /// Request headers per request (431 past it).
+    pub max_header_count: usize,
+    /// The whole request head: request line and headers (431 past it).
+    pub max_header_bytes: Size,
+    /// One header line (431 past it).
+    pub max_header_line: Size,
+    /// The request target (414 past it).
+    pub max_uri: Size,
+    /// Request body size for routes that do not set their own (413 past it).
+    pub max_body: Size,
+    /// Open client connections; past it, new connections wait in the accept backlog.
+    pub max_connections: usize,
+    /// Requests on one connection, then `Connection: close` (HTTP/1.1) or GOAWAY (HTTP/2).
+    pub max_requests_per_connection: usize,
+    /// Concurrent HTTP/2 streams per connection (excess ones get REFUSED_STREAM).
+    pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window of one stream.
+    pub h2_stream_window: Size,
+    /// HTTP/2 flow-control window of a connection.
+    pub h2_connection_window: Size,
+    /// Bytes an HTTP/2 connection may buffer for sending.
+    pub h2_max_send_buffer: Size,
+}
+
+impl Default for LimitsSpec {
+    fn default() -> Self {
+        Self {
+            max_header_count: 100,
+            max_header_bytes: Size(64 * 1024),
+            max_header_line: Size(16 * 1024),
+            max_uri: Size(8 * 1024),
+            max_body: Size(1024 * 1024),
+            max_connections: 10_000,
+            max_requests_per_connection: 1000,
+            h2_max_concurrent_streams: 100,
+            h2_stream_window: Size(64 * 1024),
+            h2_connection_window: Size(1024 * 1024),
+            h2_max_send_buffer: Size(256 * 1024),
+        }
+    }
+}
+
+/// Client-side timeouts of a listener.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenerTimeoutsSpec {
+    /// From the first byte of a request to the end of its head; on HTTP/1.1 it also
+    /// bounds how long a keep-alive connection may wait for its next request.
+    pub header_read: Dur,
+    /// A new connection that sends nothing for this long is closed.
+    pub first_byte: Dur,
+    /// The TLS handshake.
+    pub handshake: Dur,
+    /// An HTTP/2 connection with no request in flight for this long is closed (GOAWAY).
+    pub keep_alive: Dur,
+    /// Longest wait between two reads of a request body (408 past it, or the connection
+    /// is closed when the response has started).
+    pub body_idle: Dur,
+}
+
+impl Default for ListenerTimeoutsSpec {
+    fn default() -> Self {
+        Self {
+            header_read: Dur::secs(10),
+            first_byte: Dur::secs(10),
+            handshake: Dur::secs(10),
+            keep_alive: Dur::secs(60),
+            body_idle: Dur::secs(30),
+        }
+    }
+}
+
+/// How strictly requests are accepted, and how their paths are normalized.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpRulesSpec {
+    /// Serve HTTP/1.0 requests (refused with 505 by default, like Envoy's edge profile).
+    pub accept_http10: bool,
+    /// Header names with `_`: `reject` (400), `drop` (removed), or `allow`.
+    pub underscores_in_headers: UnderscorePolicy,
+    /// Merge `//` in paths into `/`.
+    pub merge_slashes: bool,
+    /// `%2F` and `%5C` in paths: `reject` (400) or `keep` (forwarded encoded).
+    pub encoded_slashes: EncodedSlashPolicy,
+    /// Accept `;` (matrix parameters) in paths.
+    pub allow_semicolons: bool,
+}
+
+impl Default for HttpRulesSpec {
+    fn default() -> Self {
+        Self {
+            accept_http10: false,
+            underscores_in_headers: UnderscorePolicy::Reject,
+            merge_slashes: true,
+            encoded_slashes: EncodedSlashPolicy::Reject,
+            allow_semicolons: false,
+        }
+    }
+}
+
+/// What to do with header names containing `_`.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum UnderscorePolicy {
+    /// 400: `X_Forwarded_For` must not slip past filters written for `X-Forwarded-For`.
+    Reject,
+    /// Remove such headers and go on.
+    Drop,
+    /// Forward them.
+    Allow,
+}
+
+/// What to do with encoded slashes in paths.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum EncodedSlashPolicy {
+    /// 400.
+    Reject,
+    /// Forward them encoded.
+    Keep,
 }
 
 /// The admin listener.

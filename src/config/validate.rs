@@ -158,6 +158,15 @@ fn check_server(spec: &GatewaySpec, p: &mut Problems) {
     if s.max_hops == 0 {
         p.push("server.max_hops", "must be at least 1");
     }
+    for (i, name) in s.internal_headers.iter().enumerate() {
+        let bare = name.strip_suffix('*').unwrap_or(name);
+        if bare.is_empty() || HeaderName::from_bytes(bare.as_bytes()).is_err() {
+            p.push(
+                format!("server.internal_headers[{i}]"),
+                format!("`{name}` is not a header name (or a prefix ending in `*`)"),
+            );
+        }
+    }
     if let Some(admin) = &spec.admin {
         if let Err(e) = parse_bind(&admin.address) {
             p.push("admin.address", e);
@@ -216,8 +225,110 @@ fn check_listeners(spec: &GatewaySpec, p: &mut Problems) -> HashSet<String> {
             Err(e) => p.push(format!("{path}.address"), e),
         }
         check_policies(&format!("{path}.policies"), &l.policies, p);
+        check_limits(&path, l, p);
     }
     names
+}
+
+/// Limits must leave room for ordinary traffic and stay within what the HTTP stacks
+/// can represent.
+fn check_limits(path: &str, l: &crate::config::ListenerSpec, p: &mut Problems) {
+    const KIB: u64 = 1024;
+    const MIB: u64 = 1024 * KIB;
+    let lim = &l.limits;
+    let mut range = |field: &str, value: u64, min: u64, max: u64, unit: &str| {
+        if value < min || value > max {
+            p.push(
+                format!("{path}.limits.{field}"),
+                format!("must be between {} and {}{unit}", show(min), show(max)),
+            );
+        }
+    };
+    range(
+        "max_header_count",
+        lim.max_header_count as u64,
+        8,
+        1000,
+        " headers",
+    );
+    range("max_header_bytes", lim.max_header_bytes.0, 8 * KIB, MIB, "");
+    range("max_header_line", lim.max_header_line.0, KIB, MIB, "");
+    range("max_uri", lim.max_uri.0, 256, 64 * KIB - 2, "");
+    range(
+        "max_connections",
+        lim.max_connections as u64,
+        1,
+        10_000_000,
+        " connections",
+    );
+    range(
+        "max_requests_per_connection",
+        lim.max_requests_per_connection as u64,
+        1,
+        100_000_000,
+        " requests",
+    );
+    range(
+        "h2_max_concurrent_streams",
+        lim.h2_max_concurrent_streams.into(),
+        1,
+        10_000,
+        " streams",
+    );
+    // RFC 9113 §6.9.1: windows are at most 2^31 - 1; the initial one is 64 KiB - 1.
+    range(
+        "h2_stream_window",
+        lim.h2_stream_window.0,
+        64 * KIB - 1,
+        (1 << 31) - 1,
+        "",
+    );
+    range(
+        "h2_connection_window",
+        lim.h2_connection_window.0,
+        64 * KIB - 1,
+        (1 << 31) - 1,
+        "",
+    );
+    range(
+        "h2_max_send_buffer",
+        lim.h2_max_send_buffer.0,
+        16 * KIB,
+        64 * MIB,
+        "",
+    );
+    if lim.max_header_line.0 > lim.max_header_bytes.0 {
+        p.push(
+            format!("{path}.limits.max_header_line"),
+            "must not exceed max_header_bytes",
+        );
+    }
+    let t = &l.timeouts;
+    for (field, d) in [
+        ("header_read", t.header_read.0),
+        ("first_byte", t.first_byte.0),
+        ("handshake", t.handshake.0),
+        ("keep_alive", t.keep_alive.0),
+        ("body_idle", t.body_idle.0),
+    ] {
+        if d.is_zero() {
+            p.push(
+                format!("{path}.timeouts.{field}"),
+                "must be more than 0 (every client wait is bounded)",
+            );
+        }
+    }
+}
+
+/// `1024` as `1KiB`, other numbers as they are.
+fn show(n: u64) -> String {
+    if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {
+        format!("{}MiB", n / (1024 * 1024))
+    } else if n >= 1024 && n.is_multiple_of(1024) {
+        format!("{}KiB", n / 1024)
+    } else {
+        n.to_string()
+    }
 }
 
 fn check_upstream(path: &str, name: &str, up: &UpstreamSpec, p: &mut Problems) {

@@ -110,6 +110,28 @@ impl Body {
     }
 }
 
+/// Removes from a client's trailers the fields that frame, route or authenticate a
+/// request (RFC 9110 §6.5.1): a trailer must not change what was already decided.
+fn sanitize_trailers(trailers: &mut http::HeaderMap) {
+    use http::header::{
+        AUTHORIZATION, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, COOKIE, HOST, TE, TRAILER,
+        TRANSFER_ENCODING,
+    };
+    for name in [
+        CONTENT_LENGTH,
+        TRANSFER_ENCODING,
+        HOST,
+        AUTHORIZATION,
+        COOKIE,
+        CONTENT_TYPE,
+        CONNECTION,
+        TE,
+        TRAILER,
+    ] {
+        trailers.remove(name);
+    }
+}
+
 /// A body streamed from a peer: hyper's `Incoming` plus an idle timer, optional byte
 /// counter and optional end-of-stream hook.
 pub struct StreamBody {
@@ -188,8 +210,13 @@ impl StreamBody {
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len());
+                if let Some(trailers) = frame.trailers_mut() {
+                    if self.side == Side::Downstream {
+                        sanitize_trailers(trailers);
+                    }
+                }
                 if let Err(e) = self.progressed(len) {
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }

@@ -33,6 +33,14 @@ pub enum GatewayError {
     BadRequest(&'static str),
     /// The body is larger than the route allows.
     PayloadTooLarge,
+    /// The request target is longer than the listener allows.
+    UriTooLong,
+    /// Too many headers, or a header line or the whole head too large.
+    HeadersTooLarge,
+    /// An HTTP version the listener does not serve (HTTP/1.0 by default).
+    VersionNotSupported,
+    /// The request names a host this connection was not set up for (TLS SNI).
+    Misdirected,
     /// The client stopped sending its body for longer than the idle timeout.
     RequestTimeout,
     /// The request already passed through this gateway too many times.
@@ -63,6 +71,10 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UriTooLong => StatusCode::URI_TOO_LONG,
+            Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
@@ -84,6 +96,10 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::BadRequest(_) => "bad_request",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::UriTooLong => "uri_too_long",
+            Self::HeadersTooLarge => "headers_too_large",
+            Self::VersionNotSupported => "http_version_not_supported",
+            Self::Misdirected => "misdirected_request",
             Self::RequestTimeout => "request_timeout",
             Self::LoopDetected => "loop_detected",
             Self::Unauthorized(_) => "unauthorized",
@@ -104,6 +120,10 @@ impl GatewayError {
             | Self::MethodNotAllowed { .. }
             | Self::BadRequest(_)
             | Self::PayloadTooLarge
+            | Self::UriTooLong
+            | Self::HeadersTooLarge
+            | Self::VersionNotSupported
+            | Self::Misdirected
             | Self::RequestTimeout
             | Self::LoopDetected
             | Self::Unauthorized(_)
@@ -132,6 +152,10 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => "method not allowed on this route",
             Self::BadRequest(reason) => reason,
             Self::PayloadTooLarge => "request body too large",
+            Self::UriTooLong => "request target too long",
+            Self::HeadersTooLarge => "request headers too large",
+            Self::VersionNotSupported => "HTTP version not supported",
+            Self::Misdirected => "this connection does not serve the requested host",
             Self::RequestTimeout => "request body not received in time",
             Self::LoopDetected => "request loop detected",
             Self::Unauthorized(reason) | Self::Forbidden(reason) => reason,

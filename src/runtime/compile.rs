@@ -8,7 +8,7 @@ use std::sync::{Arc, OnceLock, Weak};
 
 use http::header::{HeaderName, HeaderValue};
 
-use super::snapshot::{ListenerRoutes, RouteBinding, RouteSummary, Snapshot};
+use super::snapshot::{ListenerRoutes, ListenerSettings, RouteBinding, RouteSummary, Snapshot};
 use crate::config::upstream::TimeoutsSpec;
 use crate::config::validate::{parse_net, KeySource};
 use crate::config::{ConfigErrors, GatewaySpec, LoadedConfig, Problems, RouteSpec};
@@ -80,6 +80,7 @@ pub fn compile(
         .map(|(l, b)| ListenerRoutes {
             name: Arc::from(l.name.as_str()),
             router: b.build(),
+            settings: Arc::new(listener_settings(l)),
         })
         .collect();
     Ok(Snapshot {
@@ -90,9 +91,38 @@ pub fn compile(
         settings,
         access_log: OnceLock::new(),
         unmatched: env.metrics.route("", ""),
-        body_idle: Timeouts::DEFAULT.idle,
         config,
     })
+}
+
+/// Compiles a listener's limits, timeouts and rules.
+pub fn listener_settings(l: &crate::config::ListenerSpec) -> ListenerSettings {
+    use crate::server::normalize::{EncodedSlashes, PathRules};
+    let lim = &l.limits;
+    ListenerSettings {
+        accept_http10: l.http.accept_http10,
+        max_uri: lim.max_uri.0 as usize,
+        max_header_count: lim.max_header_count,
+        max_header_line: lim.max_header_line.0 as usize,
+        max_body: lim.max_body.0,
+        max_connections: lim.max_connections,
+        max_requests_per_connection: lim.max_requests_per_connection as u64,
+        underscores: l.http.underscores_in_headers,
+        path_rules: PathRules {
+            merge_slashes: l.http.merge_slashes,
+            encoded_slashes: match l.http.encoded_slashes {
+                crate::config::EncodedSlashPolicy::Reject => EncodedSlashes::Reject,
+                crate::config::EncodedSlashPolicy::Keep => EncodedSlashes::Keep,
+            },
+            allow_semicolons: l.http.allow_semicolons,
+        },
+        first_byte: l.timeouts.first_byte.0,
+        keep_alive: l.timeouts.keep_alive.0,
+        body_idle: l.timeouts.body_idle.0,
+        max_header_bytes: lim.max_header_bytes.0 as usize,
+        handshake: l.timeouts.handshake.0,
+        builder: Arc::new(crate::server::http_builder(l)),
+    }
 }
 
 fn build_clusters(spec: &GatewaySpec, env: &CompileEnv<'_>) -> HashMap<String, Arc<Cluster>> {
@@ -126,6 +156,7 @@ fn proxy_settings(spec: &GatewaySpec) -> ProxySettings {
         max_hops: s.max_hops,
         request_id_header: HeaderName::from_bytes(s.request_id_header.as_bytes())
             .unwrap_or(HeaderName::from_static("x-request-id")),
+        internal: crate::http::internal::InternalHeaders::new(&s.internal_headers),
     }
 }
 
@@ -202,6 +233,7 @@ fn compile_route(
                 value: RouteBinding {
                     pipeline,
                     stats: stats.clone(),
+                    max_body: route.max_body.map_or(listener.limits.max_body.0, |s| s.0),
                 },
             });
             builders[li].insert(host, &pattern, entry);
@@ -305,6 +337,7 @@ fn build_target(
             connect: t.connect.map_or(d.connect, |x| x.0),
             request: t.request.map_or(d.request, |x| x.0),
             idle: t.idle.map_or(d.idle, |x| x.0),
+            request_idle: t.idle.map(|x| x.0),
         };
         Some(Binding {
             cluster,

@@ -4,6 +4,12 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use hyper_util::rt::TokioExecutor;
+use hyper_util::server::conn::auto;
+
+use crate::config::UnderscorePolicy;
+use crate::server::normalize::PathRules;
+
 use crate::config::LoadedConfig;
 use crate::pipeline::Pipeline;
 use crate::router::Router;
@@ -18,6 +24,8 @@ pub struct RouteBinding {
     pub pipeline: Arc<Pipeline>,
     /// The route's counters for answers that reach no upstream.
     pub stats: Arc<RouteStats>,
+    /// The largest request body the route accepts on this listener.
+    pub max_body: u64,
 }
 
 /// The routes of one listener.
@@ -26,6 +34,42 @@ pub struct ListenerRoutes {
     pub name: Arc<str>,
     /// Its routing table.
     pub router: Router<RouteBinding>,
+    /// Its limits, timeouts and acceptance rules.
+    pub settings: Arc<ListenerSettings>,
+}
+
+/// A listener's limits, timeouts and acceptance rules, compiled.
+pub struct ListenerSettings {
+    /// Serve HTTP/1.0.
+    pub accept_http10: bool,
+    /// Longest request target.
+    pub max_uri: usize,
+    /// Most request headers.
+    pub max_header_count: usize,
+    /// Longest header line.
+    pub max_header_line: usize,
+    /// Default body limit of its routes.
+    pub max_body: u64,
+    /// Open connections at most.
+    pub max_connections: usize,
+    /// Requests per connection at most.
+    pub max_requests_per_connection: u64,
+    /// Header names with `_`.
+    pub underscores: UnderscorePolicy,
+    /// Path normalization.
+    pub path_rules: PathRules,
+    /// Silence allowed after accepting a connection.
+    pub first_byte: Duration,
+    /// Idle time allowed on an HTTP/2 connection.
+    pub keep_alive: Duration,
+    /// The TLS handshake timeout.
+    pub handshake: Duration,
+    /// Longest pause between reads of a request body.
+    pub body_idle: Duration,
+    /// The whole request head at most.
+    pub max_header_bytes: usize,
+    /// The HTTP/1.1 + HTTP/2 connection settings.
+    pub builder: Arc<auto::Builder<TokioExecutor>>,
 }
 
 /// A summary of one route, for `GET /routes` and `explain`.
@@ -68,6 +112,4 @@ pub struct Snapshot {
     pub access_log: OnceLock<Arc<AccessLog>>,
     /// Counters of requests that matched no route.
     pub unmatched: Arc<RouteStats>,
-    /// Longest pause while reading a client's request body.
-    pub body_idle: Duration,
 }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use http::header::{HeaderValue, CONTENT_LENGTH, HOST, USER_AGENT};
+use std::time::Duration;
+
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
 use http::Version;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -14,12 +16,90 @@ use tokio::time::Instant;
 use crate::http::body::Side;
 use crate::http::forwarded;
 use crate::http::{Body, GatewayError, Request, Response};
+
+use super::checks;
 use crate::pipeline::{error_response, RequestCtx};
 use crate::router::{normalize_host, Found, Query};
+use crate::runtime::snapshot::ListenerSettings;
 use crate::runtime::{Runtime, Snapshot};
 use crate::telemetry::exchange::{BytesIn, Exchange, ObservedBody};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::request_id;
+
+/// Per-connection counts: requests, requests in flight, premature resets, activity.
+pub struct ConnStats {
+    started: Instant,
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+    resets: AtomicU64,
+    last_active_ms: AtomicU64,
+}
+
+impl Default for ConnStats {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            resets: AtomicU64::new(0),
+            last_active_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl ConnStats {
+    /// `None` when the connection has had no request in flight for `limit`; otherwise
+    /// how long until it could be.
+    pub fn idle_for(&self, limit: Duration) -> Option<Duration> {
+        if self.in_flight.load(Relaxed) > 0 {
+            return Some(limit);
+        }
+        let last = Duration::from_millis(self.last_active_ms.load(Relaxed));
+        let idle = self.started.elapsed().saturating_sub(last);
+        (idle < limit).then(|| limit - idle)
+    }
+
+    fn touch(&self) {
+        self.last_active_ms
+            .store(self.started.elapsed().as_millis() as u64, Relaxed);
+    }
+}
+
+/// Counts a request on its connection; when the request future is dropped before a
+/// response was produced (the client reset the stream), counts a premature reset, and
+/// closes the connection when resets are at least half of a hundred or more requests
+/// (the HTTP/2 rapid-reset pattern).
+struct RequestGuard<'a> {
+    conn: &'a Conn,
+    done: bool,
+}
+
+impl<'a> RequestGuard<'a> {
+    fn start(conn: &'a Conn) -> (Self, u64) {
+        let n = conn.stats.requests.fetch_add(1, Relaxed) + 1;
+        conn.stats.in_flight.fetch_add(1, Relaxed);
+        (Self { conn, done: false }, n)
+    }
+}
+
+impl Drop for RequestGuard<'_> {
+    fn drop(&mut self) {
+        let stats = &self.conn.stats;
+        stats.in_flight.fetch_sub(1, Relaxed);
+        stats.touch();
+        if !self.done {
+            let resets = stats.resets.fetch_add(1, Relaxed) + 1;
+            self.conn
+                .runtime
+                .metrics
+                .premature_resets
+                .fetch_add(1, Relaxed);
+            if resets >= 100 && resets * 2 >= stats.requests.load(Relaxed) {
+                self.conn.signal.raise(super::signal::ABORT);
+            }
+        }
+    }
+}
 
 /// What every request of one client connection shares.
 pub struct Conn {
@@ -35,6 +115,10 @@ pub struct Conn {
     pub peer: SocketAddr,
     /// The client's IP address as text (for forwarding headers).
     pub peer_text: HeaderValue,
+    /// Raised to close the connection (drain, request cap, abuse).
+    pub signal: Arc<super::signal::Signal>,
+    /// Counts.
+    pub stats: ConnStats,
 }
 
 /// Lowers the in-flight gauge when the request is over, however it ends.
@@ -57,28 +141,33 @@ impl Drop for InFlightRequest {
 pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response<ObservedBody> {
     let started = Instant::now();
     let rt = &conn.runtime;
-    let guard = InFlightRequest::start(&rt.metrics);
+    let in_flight = InFlightRequest::start(&rt.metrics);
+    let (mut guard, nth) = RequestGuard::start(conn);
     let snap = rt.snapshot();
+    let listener = &snap.listeners[conn.listener];
     let (mut parts, incoming) = req.into_parts();
-    // Connection-level headers go before routing and policies: what policies see and
-    // decide on is exactly what is forwarded, and a client cannot name a header a policy
-    // adds in `Connection` to have it removed.
+    // Connection-level headers go before everything else: what routes and policies see
+    // and decide on is exactly what is forwarded, and a client cannot name a header a
+    // policy adds in `Connection` to have it removed.
     let hop = crate::http::hop::strip_request(&mut parts.headers);
     let settings = &snap.settings;
+    settings.internal.strip(&mut parts.headers);
     let request_id = match parts.headers.get(&settings.request_id_header) {
         Some(v) if request_id::is_acceptable(v) => v.clone(),
         _ => request_id::generate(),
     };
-    let peer_ip = forwarded::canonical(conn.peer.ip());
-    let host = match parts.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).unwrap_or(HeaderValue::from_static("")),
-        None => parts
+    let checked = checks::check(&listener.settings, settings, &mut parts);
+    let host = match &checked {
+        Ok(h) => h.clone(),
+        Err(_) => parts
             .headers
             .get(HOST)
             .cloned()
             .unwrap_or(HeaderValue::from_static("")),
     };
-    let (bytes_in, body) = request_body(&snap, &parts.headers, incoming);
+    let peer_ip = forwarded::canonical(conn.peer.ip());
+    let (bytes_in, length, body) = request_body(&listener.settings, &mut parts.headers, incoming);
+    let had_body = !matches!(body, Body::Empty);
     let user_agent = parts.headers.get(USER_AGENT).cloned();
     let mut ctx = RequestCtx {
         request_id,
@@ -104,25 +193,57 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         extensions: http::Extensions::new(),
     };
     let req = Request::from_parts(parts, body);
-    let mut resp = dispatch(&snap, conn.listener, &mut ctx, req).await;
-    resp.headers_mut()
-        .insert(settings.request_id_header.clone(), ctx.request_id.clone());
+    let checks_failed = checked.is_err();
+    let mut resp = match checked {
+        Ok(_) => dispatch(&snap, conn.listener, &mut ctx, req, length).await,
+        Err(e) => {
+            ctx.stats = Some(snap.unmatched.clone());
+            error_response(&mut ctx, e)
+        }
+    };
+    guard.done = true;
+    let headers = resp.headers_mut();
+    headers.insert(settings.request_id_header.clone(), ctx.request_id.clone());
+    let http1 = ctx.version != Version::HTTP_2;
+    let at_cap = nth >= listener.settings.max_requests_per_connection;
+    // A body the gateway answered without reading must not be parsed as the next
+    // request: close the connection after this response (HTTP/1.x).
+    // So must a connection whose request was refused before routing (its framing may be
+    // what was wrong), or whose body the gateway gave up on (too large, too slow,
+    // malformed): the rest of that body is unread.
+    let refused = checks_failed || (had_body && ctx.error.is_some());
+    if http1 && (at_cap || refused || (had_body && ctx.upstream_time.is_none())) {
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    } else if at_cap {
+        conn.signal.raise(super::signal::GRACEFUL);
+    }
     let status = resp.status().as_u16();
     let (parts, body) = resp.into_parts();
     let log = snap.access_log.get().cloned();
-    let exchange = Exchange::new(ctx, status, bytes_in, user_agent, log, guard);
+    let exchange = Exchange::new(ctx, status, bytes_in, user_agent, log, in_flight);
     http::Response::from_parts(parts, ObservedBody::new(body, exchange))
 }
 
-fn request_body(snap: &Snapshot, headers: &http::HeaderMap, incoming: Incoming) -> (BytesIn, Body) {
+fn request_body(
+    listener: &ListenerSettings,
+    headers: &mut http::HeaderMap,
+    incoming: Incoming,
+) -> (BytesIn, Option<u64>, Body) {
     if http_body::Body::is_end_stream(&incoming) {
-        return (BytesIn::Known(0), Body::Empty);
+        return (BytesIn::Known(0), Some(0), Body::Empty);
     }
-    let mut body = Body::stream(incoming, Side::Downstream, snap.body_idle);
-    let length = headers
-        .get(CONTENT_LENGTH)
+    let mut body = Body::stream(incoming, Side::Downstream, listener.body_idle);
+    let declared = headers.get(CONTENT_LENGTH);
+    let length = declared
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    // hyper accepted it as decimal; forward it canonical (`010` is sent as `10`), so an
+    // upstream that reads leading zeros as octal cannot frame the body differently.
+    if let (Some(v), Some(n)) = (declared, length) {
+        if v.len() > 1 && v.as_bytes()[0] == b'0' {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(n));
+        }
+    }
     let bytes_in = match length {
         Some(n) => BytesIn::Known(n),
         None => {
@@ -133,19 +254,16 @@ fn request_body(snap: &Snapshot, headers: &http::HeaderMap, incoming: Incoming) 
             BytesIn::Counted(counter)
         }
     };
-    (bytes_in, body)
+    (bytes_in, length, body)
 }
 
 async fn dispatch(
     snap: &Snapshot,
     listener: usize,
     ctx: &mut RequestCtx,
-    req: Request,
+    mut req: Request,
+    length: Option<u64>,
 ) -> Response {
-    if let Err(e) = precheck(snap, ctx, &req) {
-        ctx.stats = Some(snap.unmatched.clone());
-        return error_response(ctx, e);
-    }
     let found = {
         let host = normalize_host(ctx.host_str());
         let q = Query {
@@ -163,30 +281,26 @@ async fn dispatch(
             Found::NotFound => Err(GatewayError::RouteNotFound),
         }
     };
-    match found {
-        Ok((entry, params)) => {
-            ctx.route = Some(entry.name.clone());
-            ctx.params = params;
-            ctx.stats = Some(entry.value.stats.clone());
-            entry.value.pipeline.run(ctx, req).await
-        }
+    let (entry, params) = match found {
+        Ok(found) => found,
         Err(e) => {
             ctx.stats = Some(snap.unmatched.clone());
-            error_response(ctx, e)
+            return error_response(ctx, e);
         }
+    };
+    ctx.route = Some(entry.name.clone());
+    ctx.params = params;
+    ctx.stats = Some(entry.value.stats.clone());
+    let max_body = entry.value.max_body;
+    // 413 before reading when the length is declared; otherwise the body stream fails
+    // once it grows past the limit (and the upstream sees at most the limit).
+    if length.is_some_and(|n| n > max_body) {
+        return error_response(ctx, GatewayError::PayloadTooLarge);
     }
-}
-
-/// Checks made before routing.
-fn precheck(snap: &Snapshot, ctx: &RequestCtx, req: &Request) -> Result<(), GatewayError> {
-    if ctx.version == Version::HTTP_11 && ctx.host.is_empty() {
-        return Err(GatewayError::BadRequest("missing Host header"));
+    if let Some(stream) = req.body_mut().as_stream_mut() {
+        stream.limit(max_body);
     }
-    let s = &snap.settings;
-    if !s.pseudonym.is_empty() && forwarded::via_count(req.headers(), &s.pseudonym) >= s.max_hops {
-        return Err(GatewayError::LoopDetected);
-    }
-    Ok(())
+    entry.value.pipeline.run(ctx, req).await
 }
 
 fn allow_header(methods: &[http::Method]) -> HeaderValue {

@@ -6,11 +6,14 @@
 //! response, HTTP/2 connections get GOAWAY. The caller waits for them up to a grace
 //! period.
 
+pub mod checks;
 pub mod handler;
+pub mod normalize;
+pub mod signal;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,8 +24,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_util::task::TaskTracker;
 
+use crate::runtime::snapshot::ListenerSettings;
 use crate::runtime::Runtime;
-use handler::Conn;
+use handler::{Conn, ConnStats};
+use signal::Registry;
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
@@ -40,33 +45,66 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// The HTTP/1.1 + HTTP/2 connection settings of client listeners.
-pub fn http_builder() -> auto::Builder<TokioExecutor> {
+/// The HTTP/1.1 + HTTP/2 connection settings of a listener (limits, timeouts).
+pub fn http_builder(l: &crate::config::ListenerSpec) -> auto::Builder<TokioExecutor> {
+    let lim = &l.limits;
+    let head = (lim.max_header_bytes.0 as usize).max(8192);
+    // hyper answers 431 itself once a head outgrows its read buffer. Leave room for the
+    // longest allowed target on top of the header block, so that a long URI gets its
+    // 414 and a large header block its 431 from our own checks, which count both exactly.
+    let buffer = head + lim.max_uri.0 as usize + 1024;
     let mut b = auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .keep_alive(true);
+        .header_read_timeout(l.timeouts.header_read.0)
+        .keep_alive(true)
+        .max_headers(lim.max_header_count)
+        .max_buf_size(buffer);
     b.http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(100);
+        .max_concurrent_streams(lim.h2_max_concurrent_streams)
+        .initial_stream_window_size(lim.h2_stream_window.0 as u32)
+        .initial_connection_window_size(lim.h2_connection_window.0 as u32)
+        .max_send_buf_size(lim.h2_max_send_buffer.0 as usize)
+        .max_header_list_size(head as u32)
+        .max_pending_accept_reset_streams(50)
+        .max_local_error_reset_streams(1024)
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10));
     b
 }
 
-/// Accepts connections on `listener` until `shutdown` turns true; connections are
-/// tracked by `tracker` so that the caller can wait for them to drain.
+/// What every accept loop shares with the gateway.
+pub struct Shared {
+    /// The runtime.
+    pub runtime: Arc<Runtime>,
+    /// Every live client connection, for shutdown.
+    pub connections: Arc<Registry>,
+    /// Where connection tasks are tracked, for drain.
+    pub tracker: TaskTracker,
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true. At most
+/// `limits.max_connections` are open at once: past it, the loop stops accepting and new
+/// connections wait in the kernel's backlog (accept backpressure).
 pub async fn accept_loop(
     listener: TcpListener,
-    runtime: Arc<Runtime>,
+    shared: Arc<Shared>,
     index: usize,
     name: Arc<str>,
     mut shutdown: watch::Receiver<bool>,
-    tracker: TaskTracker,
 ) {
-    let builder = Arc::new(http_builder());
+    let open = Arc::new(OpenCount::default());
     loop {
+        let settings = shared.runtime.snapshot().listeners[index].settings.clone();
+        while open.count.load(Relaxed) >= settings.max_connections {
+            tokio::select! {
+                _ = stopped(&mut shutdown) => return,
+                _ = open.freed.notified() => {}
+            }
+        }
         let (stream, peer) = tokio::select! {
-            _ = crate::server::stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown) => break,
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
@@ -79,27 +117,56 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let conn = Arc::new(Conn {
-            runtime: runtime.clone(),
+            runtime: shared.runtime.clone(),
             listener: index,
             listener_name: name.clone(),
             scheme: "http",
             peer,
             peer_text: crate::http::forwarded::ip_text(peer.ip()),
+            signal: shared.connections.register(),
+            stats: ConnStats::default(),
         });
-        tracker.spawn(serve(stream, conn, builder.clone(), shutdown.clone()));
+        open.count.fetch_add(1, Relaxed);
+        let guard = OpenGuard(open.clone());
+        shared.tracker.spawn(async move {
+            let _guard = guard;
+            serve(stream, conn, settings).await;
+        });
     }
 }
 
-/// Serves one client connection until it closes, or drains it on shutdown.
-async fn serve(
-    stream: TcpStream,
-    conn: Arc<Conn>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+/// Open connections of one listener, and a wake-up when one closes.
+#[derive(Default)]
+struct OpenCount {
+    count: AtomicUsize,
+    freed: tokio::sync::Notify,
+}
+
+struct OpenGuard(Arc<OpenCount>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Relaxed);
+        self.0.freed.notify_one();
+    }
+}
+
+/// Serves one client connection until it closes, is drained, or goes idle.
+async fn serve(stream: TcpStream, conn: Arc<Conn>, settings: Arc<ListenerSettings>) {
     let metrics = conn.runtime.metrics.clone();
     metrics.connections_total.fetch_add(1, Relaxed);
     metrics.connections_active.fetch_add(1, Relaxed);
+    // A connection that sends nothing is closed at the first-byte timeout: hyper's
+    // protocol detection would otherwise wait for its first bytes forever.
+    let mut first = [0u8; 1];
+    let first_byte = tokio::time::timeout(settings.first_byte, stream.peek(&mut first)).await;
+    if matches!(first_byte, Ok(Ok(n)) if n > 0) {
+        serve_http(stream, &conn, &settings).await;
+    }
+    metrics.connections_active.fetch_sub(1, Relaxed);
+}
+
+async fn serve_http(stream: TcpStream, conn: &Arc<Conn>, settings: &ListenerSettings) {
     let svc = {
         let conn = conn.clone();
         service_fn(move |req| {
@@ -107,17 +174,34 @@ async fn serve(
             async move { Ok::<_, Infallible>(handler::handle(&conn, req).await) }
         })
     };
-    let served = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let served = settings
+        .builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), svc);
     tokio::pin!(served);
-    let result = tokio::select! {
-        r = served.as_mut() => r,
-        _ = crate::server::stopped(&mut shutdown) => {
-            served.as_mut().graceful_shutdown();
-            served.await
+    let idle = tokio::time::sleep(settings.keep_alive);
+    tokio::pin!(idle);
+    let mut seen = 0;
+    let result = loop {
+        tokio::select! {
+            biased;
+            r = served.as_mut() => break r,
+            level = conn.signal.above(seen) => {
+                seen = level;
+                if level >= signal::ABORT {
+                    tracing::warn!(peer = %conn.peer, "closing an abusive connection");
+                    break Ok(());
+                }
+                served.as_mut().graceful_shutdown();
+            }
+            () = &mut idle, if seen == 0 => {
+                match conn.stats.idle_for(settings.keep_alive) {
+                    None => conn.signal.raise(signal::GRACEFUL),
+                    Some(left) => idle.as_mut().reset(tokio::time::Instant::now() + left),
+                }
+            }
         }
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with an error");
     }
-    metrics.connections_active.fetch_sub(1, Relaxed);
 }

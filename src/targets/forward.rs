@@ -41,6 +41,8 @@ pub struct ProxySettings {
     pub max_hops: usize,
     /// The correlation-id header.
     pub request_id_header: HeaderName,
+    /// Headers removed from every client request.
+    pub internal: crate::http::internal::InternalHeaders,
 }
 
 /// The resolved timeouts of calls from one route to one upstream.
@@ -50,8 +52,11 @@ pub struct Timeouts {
     pub connect: Duration,
     /// Sending the request until the response head.
     pub request: Duration,
-    /// Longest pause between body reads, both ways.
+    /// Longest pause between reads of the upstream's response body.
     pub idle: Duration,
+    /// Longest pause between reads of the client's request body, when the route, its
+    /// upstream or `defaults` set `idle`; otherwise the listener's `timeouts.body_idle`.
+    pub request_idle: Option<Duration>,
 }
 
 impl Timeouts {
@@ -60,6 +65,7 @@ impl Timeouts {
         connect: Duration::from_secs(1),
         request: Duration::from_secs(15),
         idle: Duration::from_secs(30),
+        request_idle: None,
     };
 }
 
@@ -116,8 +122,8 @@ impl Forward {
     ) -> Result<Response, GatewayError> {
         let (mut parts, mut body) = req.into_parts();
         let upgrade = ctx.websocket && self.websocket;
-        if let Some(stream) = body.as_stream_mut() {
-            stream.set_idle(to.timeouts.idle);
+        if let (Some(stream), Some(idle)) = (body.as_stream_mut(), to.timeouts.request_idle) {
+            stream.set_idle(idle);
         }
         let cluster = &to.cluster;
         ctx.upstream = Some(cluster.name.clone());

@@ -117,6 +117,8 @@ pub struct Metrics {
     pub last_reload_success: AtomicU64,
     /// Access-log lines dropped because the writer fell behind.
     pub access_log_dropped: AtomicU64,
+    /// Requests whose client went away (or reset the stream) before a response.
+    pub premature_resets: AtomicU64,
     routes: Mutex<HashMap<RouteKey, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
 }
@@ -154,7 +156,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_upstreams(&mut out);
-        let gauges: [Series; 7] = [
+        let gauges: [Series; 8] = [
             (
                 "turnpike_requests_in_flight",
                 "gauge",
@@ -196,6 +198,12 @@ impl Metrics {
                 "counter",
                 "Access log lines dropped because the writer fell behind.",
                 self.access_log_dropped.load(Relaxed) as i64,
+            ),
+            (
+                "turnpike_premature_resets_total",
+                "counter",
+                "Requests abandoned by their client before a response (HTTP/2 resets included).",
+                self.premature_resets.load(Relaxed) as i64,
             ),
         ];
         for (name, kind, help, value) in gauges {

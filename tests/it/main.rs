@@ -6,7 +6,9 @@
 mod support;
 
 mod balancing;
+mod capture;
 mod cli;
+mod edge;
 mod failures;
 mod fixtures;
 mod proxy;

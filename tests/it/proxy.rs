@@ -151,7 +151,7 @@ async fn request_ids_are_kept_generated_and_propagated() {
 #[tokio::test]
 async fn bodies_stream_both_ways() {
     let up = echo("u").await;
-    let gw = gateway(&config(&up, "", "")).await;
+    let gw = gateway(&config(&up, "", "max_body: 8MiB")).await;
     let big = "x".repeat(3 * 1024 * 1024);
     let r = send(request(
         "POST",
