@@ -223,6 +223,7 @@ fn explain_ctx(
         host: HeaderValue::from_str(host).unwrap_or(HeaderValue::from_static("")),
         version: Version::HTTP_11,
         websocket: false,
+        tls: None,
         route: None,
         params,
         upstream: None,

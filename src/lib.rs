@@ -19,6 +19,7 @@ pub mod runtime;
 pub mod server;
 pub mod targets;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;
 
 pub use gateway::{Gateway, Options, StartError};

@@ -48,6 +48,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    turnpike::tls::install_default_provider();
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),

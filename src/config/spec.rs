@@ -116,6 +116,12 @@ pub struct ListenerSpec {
     /// Request acceptance and normalization rules.
     #[serde(default)]
     pub http: HttpRulesSpec,
+    /// TLS termination: with it, the listener speaks HTTPS only.
+    #[serde(default)]
+    pub tls: Option<super::tls::ListenerTlsSpec>,
+    /// Answer every request with a redirect to HTTPS (plain listeners only).
+    #[serde(default)]
+    pub redirect_https: Option<super::tls::RedirectHttpsSpec>,
 }
 
 /// Limits of a listener; every one is on by default.

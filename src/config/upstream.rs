@@ -28,6 +28,9 @@ pub struct UpstreamSpec {
     /// Keep-alive connection pool settings.
     #[serde(default)]
     pub pool: PoolSpec,
+    /// TLS to the endpoints (required for `protocol: h2`).
+    #[serde(default)]
+    pub tls: Option<super::tls::UpstreamTlsSpec>,
 }
 
 fn default_dns_refresh() -> Dur {
@@ -127,6 +130,8 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge, multiplexed.
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`), multiplexed. Needs `tls`.
+    H2,
 }
 
 /// Timeouts of an upstream call. Unset fields fall back: route, then upstream, then

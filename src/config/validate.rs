@@ -226,6 +226,7 @@ fn check_listeners(spec: &GatewaySpec, p: &mut Problems) -> HashSet<String> {
         }
         check_policies(&format!("{path}.policies"), &l.policies, p);
         check_limits(&path, l, p);
+        check_listener_tls(&path, l, p);
     }
     names
 }
@@ -320,6 +321,85 @@ fn check_limits(path: &str, l: &crate::config::ListenerSpec, p: &mut Problems) {
     }
 }
 
+fn check_listener_tls(path: &str, l: &crate::config::ListenerSpec, p: &mut Problems) {
+    if let Some(r) = &l.redirect_https {
+        if l.tls.is_some() {
+            p.push(
+                format!("{path}.redirect_https"),
+                "a TLS listener cannot redirect to HTTPS: it is HTTPS",
+            );
+        }
+        if !matches!(r.status, 301 | 302 | 307 | 308) {
+            p.push(
+                format!("{path}.redirect_https.status"),
+                "must be 301, 302, 307 or 308",
+            );
+        }
+        if r.port == 0 {
+            p.push(
+                format!("{path}.redirect_https.port"),
+                "must be a port from 1 to 65535",
+            );
+        }
+    }
+    let Some(tls) = &l.tls else { return };
+    let path = format!("{path}.tls");
+    if tls.certificates.is_empty() {
+        p.push(
+            format!("{path}.certificates"),
+            "at least one certificate is needed",
+        );
+    }
+    if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {
+        p.push(
+            format!("{path}.min_version"),
+            "must be \"1.2\" or \"1.3\" (nothing older is offered)",
+        );
+    }
+    if tls.alpn.is_empty() {
+        p.push(
+            format!("{path}.alpn"),
+            "at least one protocol: h2, http/1.1",
+        );
+    }
+    for (i, proto) in tls.alpn.iter().enumerate() {
+        if !matches!(proto.as_str(), "h2" | "http/1.1") {
+            p.push(
+                format!("{path}.alpn[{i}]"),
+                format!("`{proto}` is not h2 or http/1.1"),
+            );
+        }
+    }
+    if let Some(a) = &tls.client_auth {
+        check_client_auth(&format!("{path}.client_auth"), a, p);
+    }
+    if let Some(h) = &tls.hsts {
+        if h.max_age.0.is_zero() && (h.include_subdomains || h.preload) {
+            p.push(
+                format!("{path}.hsts.max_age"),
+                "must be more than 0 with include_subdomains or preload",
+            );
+        }
+    }
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let at = format!("{path}.certificates[{i}]");
+        for (j, host) in c.hosts.iter().enumerate() {
+            check_host_pattern(&format!("{at}.hosts[{j}]"), host, p);
+        }
+        if let Some(a) = &c.client_auth {
+            check_client_auth(&format!("{at}.client_auth"), a, p);
+        }
+    }
+}
+
+fn check_client_auth(path: &str, a: &crate::config::ClientAuthSpec, p: &mut Problems) {
+    if let Some(h) = &a.forward_header {
+        if HeaderName::from_bytes(h.as_bytes()).is_err() {
+            p.push(format!("{path}.forward_header"), "not a valid header name");
+        }
+    }
+}
+
 /// `1024` as `1KiB`, other numbers as they are.
 fn show(n: u64) -> String {
     if n >= 1024 * 1024 && n.is_multiple_of(1024 * 1024) {
@@ -333,6 +413,18 @@ fn show(n: u64) -> String {
 
 fn check_upstream(path: &str, name: &str, up: &UpstreamSpec, p: &mut Problems) {
     check_name(path, name, p);
+    if up.protocol == crate::config::UpstreamProtocol::H2 && up.tls.is_none() {
+        p.push(
+            format!("{path}.protocol"),
+            "`h2` is HTTP/2 over TLS: add `tls` (or use `h2c` for cleartext HTTP/2)",
+        );
+    }
+    if up.protocol == crate::config::UpstreamProtocol::H2c && up.tls.is_some() {
+        p.push(
+            format!("{path}.protocol"),
+            "`h2c` is cleartext: use `h2` with `tls`",
+        );
+    }
     if up.endpoints.is_empty() {
         p.push(
             format!("{path}.endpoints"),

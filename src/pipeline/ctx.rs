@@ -41,6 +41,8 @@ pub struct RequestCtx {
     pub version: Version,
     /// The client asked for a WebSocket upgrade (read before hop-by-hop headers went).
     pub websocket: bool,
+    /// The connection's TLS details and verified client certificate (HTTPS listeners).
+    pub tls: Option<Arc<crate::tls::server::TlsInfo>>,
     /// The matched route's name.
     pub route: Option<Arc<str>>,
     /// The matched route's path parameters (ranges into `uri.path()`).
@@ -94,6 +96,7 @@ impl RequestCtx {
             host: HeaderValue::from_static("api.test"),
             version: Version::HTTP_11,
             websocket: false,
+            tls: None,
             route: Some(Arc::from("users")),
             params: Params::default(),
             upstream: None,

@@ -2,7 +2,9 @@
 //! compiled once per snapshot into literal pieces and variable references.
 //!
 //! Variables: `${request_id}`, `${route}`, `${client_ip}`, `${method}`, `${host}`,
-//! `${path}`, `${upstream}`, and the route's path parameters by name (`${id}`).
+//! `${path}`, `${upstream}`, `${tls_version}`, `${tls_sni}`, `${client_cert_subject}`,
+//! `${client_cert_fingerprint}`, `${client_cert_san}` (empty without TLS or without a
+//! client certificate), and the route's path parameters by name (`${id}`).
 //! Environment variables and `${file:...}` were already substituted when the file was
 //! loaded.
 
@@ -22,10 +24,15 @@ enum Var {
     Host,
     Path,
     Upstream,
+    TlsVersion,
+    TlsSni,
+    CertSubject,
+    CertFingerprint,
+    CertSan,
     Param(String),
 }
 
-const BUILTIN: [&str; 7] = [
+const BUILTIN: [&str; 12] = [
     "request_id",
     "route",
     "client_ip",
@@ -33,6 +40,11 @@ const BUILTIN: [&str; 7] = [
     "host",
     "path",
     "upstream",
+    "tls_version",
+    "tls_sni",
+    "client_cert_subject",
+    "client_cert_fingerprint",
+    "client_cert_san",
 ];
 
 #[derive(Debug, Clone)]
@@ -130,6 +142,27 @@ impl Template {
             Var::Path => ctx.uri.path().into(),
             Var::Upstream => ctx.upstream.as_deref().unwrap_or("").into(),
             Var::Param(name) => ctx.param(name).unwrap_or("").into(),
+            Var::TlsVersion => ctx.tls.as_ref().map_or("", |t| t.version).into(),
+            Var::TlsSni => ctx
+                .tls
+                .as_ref()
+                .and_then(|t| t.sni.as_deref())
+                .unwrap_or("")
+                .into(),
+            Var::CertSubject | Var::CertFingerprint | Var::CertSan => {
+                let id = ctx.tls.as_ref().and_then(|t| t.client.as_deref());
+                match (var, id) {
+                    (_, None) => "".into(),
+                    (Var::CertSubject, Some(id)) => id.subject.as_str().into(),
+                    (Var::CertFingerprint, Some(id)) => id.fingerprint.as_str().into(),
+                    (_, Some(id)) => id
+                        .uris
+                        .first()
+                        .or(id.dns.first())
+                        .map_or("", String::as_str)
+                        .into(),
+                }
+            }
         };
         match self.escape {
             Escape::None => out.push_str(&value),
@@ -150,6 +183,11 @@ fn parse_var(name: &str, params: &[String]) -> Result<Var, String> {
         "host" => Var::Host,
         "path" => Var::Path,
         "upstream" => Var::Upstream,
+        "tls_version" => Var::TlsVersion,
+        "tls_sni" => Var::TlsSni,
+        "client_cert_subject" => Var::CertSubject,
+        "client_cert_fingerprint" => Var::CertFingerprint,
+        "client_cert_san" => Var::CertSan,
         p if params.iter().any(|n| n == p) => Var::Param(p.to_string()),
         other => {
             let mut known: Vec<&str> = BUILTIN.to_vec();

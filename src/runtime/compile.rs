@@ -23,6 +23,8 @@ use crate::targets::respond::Respond;
 use crate::targets::split::Split;
 use crate::targets::{Binding, Forward, HostHeader, ProxySettings, Target, Timeouts};
 use crate::telemetry::metrics::Metrics;
+use crate::tls::client::UpstreamTls;
+use crate::tls::server::ServerTls;
 use crate::upstream::dns::Resolve;
 use crate::upstream::Cluster;
 
@@ -46,7 +48,8 @@ pub fn compile(
 ) -> Result<Snapshot, ConfigErrors> {
     let spec = &config.spec;
     let mut p = Problems::default();
-    let clusters = build_clusters(spec, env);
+    let base = config.path.as_deref().and_then(std::path::Path::parent);
+    let clusters = build_clusters(spec, env, base, &mut p);
     let settings = Arc::new(proxy_settings(spec));
     let mut builders: Vec<RouterBuilder<RouteBinding>> = spec
         .listeners
@@ -70,19 +73,29 @@ pub fn compile(
             routes.push(summary);
         }
     }
+    let mut listeners = Vec::with_capacity(spec.listeners.len());
+    for ((i, l), b) in spec.listeners.iter().enumerate().zip(builders) {
+        let tls = match &l.tls {
+            None => None,
+            Some(t) => match ServerTls::build(t, base) {
+                Ok(tls) => Some(Arc::new(tls)),
+                Err(problems) => {
+                    for (field, reason) in problems {
+                        p.push(format!("listeners[{i}].tls.{field}"), reason);
+                    }
+                    None
+                }
+            },
+        };
+        listeners.push(ListenerRoutes {
+            name: Arc::from(l.name.as_str()),
+            router: b.build(),
+            settings: Arc::new(listener_settings(l, tls)),
+        });
+    }
     if !p.is_empty() {
         return Err(p.into_errors(&config.locations));
     }
-    let listeners = spec
-        .listeners
-        .iter()
-        .zip(builders)
-        .map(|(l, b)| ListenerRoutes {
-            name: Arc::from(l.name.as_str()),
-            router: b.build(),
-            settings: Arc::new(listener_settings(l)),
-        })
-        .collect();
     Ok(Snapshot {
         generation,
         listeners,
@@ -96,7 +109,10 @@ pub fn compile(
 }
 
 /// Compiles a listener's limits, timeouts and rules.
-pub fn listener_settings(l: &crate::config::ListenerSpec) -> ListenerSettings {
+pub fn listener_settings(
+    l: &crate::config::ListenerSpec,
+    tls: Option<Arc<ServerTls>>,
+) -> ListenerSettings {
     use crate::server::normalize::{EncodedSlashes, PathRules};
     let lim = &l.limits;
     ListenerSettings {
@@ -119,27 +135,60 @@ pub fn listener_settings(l: &crate::config::ListenerSpec) -> ListenerSettings {
         first_byte: l.timeouts.first_byte.0,
         keep_alive: l.timeouts.keep_alive.0,
         body_idle: l.timeouts.body_idle.0,
+        tls,
+        redirect_https: l.redirect_https.as_ref().map(|r| {
+            (
+                r.port,
+                http::StatusCode::from_u16(r.status)
+                    .unwrap_or(http::StatusCode::PERMANENT_REDIRECT),
+            )
+        }),
         max_header_bytes: lim.max_header_bytes.0 as usize,
         handshake: l.timeouts.handshake.0,
         builder: Arc::new(crate::server::http_builder(l)),
     }
 }
 
-fn build_clusters(spec: &GatewaySpec, env: &CompileEnv<'_>) -> HashMap<String, Arc<Cluster>> {
-    spec.upstreams
-        .iter()
-        .map(|(name, up)| {
-            let reused = env
-                .clusters
-                .get(name)
-                .and_then(Weak::upgrade)
-                .filter(|c| c.serves(up));
-            let cluster = reused.unwrap_or_else(|| {
-                Cluster::new(name, up, env.resolver.clone(), env.metrics.upstream(name))
-            });
-            (name.clone(), cluster)
-        })
-        .collect()
+fn build_clusters(
+    spec: &GatewaySpec,
+    env: &CompileEnv<'_>,
+    base: Option<&std::path::Path>,
+    p: &mut Problems,
+) -> HashMap<String, Arc<Cluster>> {
+    let mut out = HashMap::new();
+    for (name, up) in &spec.upstreams {
+        let tls = match &up.tls {
+            None => None,
+            Some(t) => {
+                let h2 = up.protocol == crate::config::UpstreamProtocol::H2;
+                match UpstreamTls::build(t, h2, base) {
+                    Ok(tls) => Some(tls),
+                    Err((field, reason)) => {
+                        p.push(format!("upstreams.{name}.tls.{field}"), reason);
+                        continue;
+                    }
+                }
+            }
+        };
+        // A cluster is reused across reloads when its spec is unchanged; TLS files are
+        // read again only when the upstream's settings change.
+        let reused = env
+            .clusters
+            .get(name)
+            .and_then(Weak::upgrade)
+            .filter(|c| c.serves(up));
+        let cluster = reused.unwrap_or_else(|| {
+            Cluster::with_tls(
+                name,
+                up,
+                tls,
+                env.resolver.clone(),
+                env.metrics.upstream(name),
+            )
+        });
+        out.insert(name.clone(), cluster);
+    }
+    out
 }
 
 fn proxy_settings(spec: &GatewaySpec) -> ProxySettings {

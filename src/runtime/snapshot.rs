@@ -66,6 +66,10 @@ pub struct ListenerSettings {
     pub handshake: Duration,
     /// Longest pause between reads of a request body.
     pub body_idle: Duration,
+    /// TLS termination, when the listener is HTTPS.
+    pub tls: Option<Arc<crate::tls::server::ServerTls>>,
+    /// Redirect every request to HTTPS on this port, with this status.
+    pub redirect_https: Option<(u16, http::StatusCode)>,
     /// The whole request head at most.
     pub max_header_bytes: usize,
     /// The HTTP/1.1 + HTTP/2 connection settings.

@@ -14,6 +14,7 @@ use crate::http::forwarded;
 use crate::http::GatewayError;
 use crate::runtime::snapshot::ListenerSettings;
 use crate::targets::ProxySettings;
+use crate::tls::server::{ServerTls, TlsInfo};
 
 /// Checks `parts` and normalizes its path in place; returns the host the request is for.
 pub fn check(
@@ -109,6 +110,29 @@ fn check_host(parts: &Parts) -> Result<HeaderValue, GatewayError> {
         }
     }
     Ok(host)
+}
+
+/// On a listener with client certificates, a request must be for the virtual host its
+/// connection was authenticated for: a client must not present a certificate to
+/// `a.example` (SNI) and then send requests for `b.example` (421, RFC 9110 §15.5.20).
+pub fn same_virtual_host(
+    server: &ServerTls,
+    info: &TlsInfo,
+    host: &HeaderValue,
+) -> Result<(), GatewayError> {
+    let Some(sni) = &info.sni else { return Ok(()) };
+    if !server.mtls {
+        return Ok(());
+    }
+    let host = crate::router::normalize_host(host.to_str().unwrap_or(""));
+    if host.is_empty() || host.eq_ignore_ascii_case(sni) {
+        return Ok(());
+    }
+    if server.select(Some(&host)) == info.entry && server.select(Some(sni)) == info.entry {
+        // Both names belong to the same certificate entry, with the same client rules.
+        return Ok(());
+    }
+    Err(GatewayError::Misdirected)
 }
 
 /// `host[:port]` and nothing else: no user info, a numeric port.

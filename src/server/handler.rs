@@ -8,7 +8,9 @@ use std::sync::Arc;
 
 use std::time::Duration;
 
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, USER_AGENT};
+use http::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, LOCATION, STRICT_TRANSPORT_SECURITY, USER_AGENT,
+};
 use http::Version;
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -119,6 +121,8 @@ pub struct Conn {
     pub signal: Arc<super::signal::Signal>,
     /// Counts.
     pub stats: ConnStats,
+    /// What the TLS handshake established (HTTPS listeners).
+    pub tls: Option<Arc<crate::tls::server::TlsInfo>>,
 }
 
 /// Lowers the in-flight gauge when the request is over, however it ends.
@@ -152,11 +156,21 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
     let hop = crate::http::hop::strip_request(&mut parts.headers);
     let settings = &snap.settings;
     settings.internal.strip(&mut parts.headers);
+    if let Some(tls) = &conn.tls {
+        identity_header(&listener.settings, tls, &mut parts.headers);
+    }
     let request_id = match parts.headers.get(&settings.request_id_header) {
         Some(v) if request_id::is_acceptable(v) => v.clone(),
         _ => request_id::generate(),
     };
-    let checked = checks::check(&listener.settings, settings, &mut parts);
+    let checked = checks::check(&listener.settings, settings, &mut parts).and_then(|host| {
+        match (&conn.tls, &listener.settings.tls) {
+            (Some(info), Some(server)) => {
+                checks::same_virtual_host(server, info, &host).map(|()| host)
+            }
+            _ => Ok(host),
+        }
+    });
     let host = match &checked {
         Ok(h) => h.clone(),
         Err(_) => parts
@@ -183,6 +197,7 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         host,
         version: parts.version,
         websocket: hop.websocket,
+        tls: conn.tls.clone(),
         route: None,
         params: Default::default(),
         upstream: None,
@@ -204,6 +219,9 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
     guard.done = true;
     let headers = resp.headers_mut();
     headers.insert(settings.request_id_header.clone(), ctx.request_id.clone());
+    if let Some(hsts) = listener.settings.tls.as_ref().and_then(|t| t.hsts.as_ref()) {
+        headers.insert(STRICT_TRANSPORT_SECURITY, hsts.clone());
+    }
     let http1 = ctx.version != Version::HTTP_2;
     let at_cap = nth >= listener.settings.max_requests_per_connection;
     // A body the gateway answered without reading must not be parsed as the next
@@ -257,6 +275,42 @@ fn request_body(
     (bytes_in, length, body)
 }
 
+/// Removes client-sent copies of the identity headers of this listener, then adds the
+/// verified identity where the certificate entry asks for it.
+fn identity_header(
+    listener: &ListenerSettings,
+    tls: &crate::tls::server::TlsInfo,
+    headers: &mut http::HeaderMap,
+) {
+    if let Some(server) = &listener.tls {
+        for name in &server.forward_headers {
+            headers.remove(name);
+        }
+    }
+    if let (Some(name), Some(id)) = (&tls.forward_header, &tls.client) {
+        if let Ok(v) = HeaderValue::from_str(&id.forwarded_value()) {
+            headers.insert(name.clone(), v);
+        }
+    }
+}
+
+/// `https://host[:port]/path?query` for a plain-HTTP request.
+fn https_redirect(ctx: &RequestCtx, port: u16, status: http::StatusCode) -> Response {
+    let host = normalize_host(ctx.host_str());
+    let mut location = format!("https://{host}");
+    if port != 443 {
+        location.push(':');
+        location.push_str(itoa::Buffer::new().format(port));
+    }
+    location.push_str(ctx.uri.path_and_query().map_or("/", |p| p.as_str()));
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = status;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(LOCATION, v);
+    }
+    resp
+}
+
 async fn dispatch(
     snap: &Snapshot,
     listener: usize,
@@ -264,6 +318,10 @@ async fn dispatch(
     mut req: Request,
     length: Option<u64>,
 ) -> Response {
+    if let Some((port, status)) = snap.listeners[listener].settings.redirect_https {
+        ctx.stats = Some(snap.unmatched.clone());
+        return https_redirect(ctx, port, status);
+    }
     let found = {
         let host = normalize_host(ctx.host_str());
         let q = Query {

@@ -116,21 +116,13 @@ pub async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let conn = Arc::new(Conn {
-            runtime: shared.runtime.clone(),
-            listener: index,
-            listener_name: name.clone(),
-            scheme: "http",
-            peer,
-            peer_text: crate::http::forwarded::ip_text(peer.ip()),
-            signal: shared.connections.register(),
-            stats: ConnStats::default(),
-        });
         open.count.fetch_add(1, Relaxed);
         let guard = OpenGuard(open.clone());
-        shared.tracker.spawn(async move {
+        let shared = shared.clone();
+        let name = name.clone();
+        shared.tracker.clone().spawn(async move {
             let _guard = guard;
-            serve(stream, conn, settings).await;
+            serve(stream, peer, &shared, index, name, settings).await;
         });
     }
 }
@@ -152,21 +144,60 @@ impl Drop for OpenGuard {
 }
 
 /// Serves one client connection until it closes, is drained, or goes idle.
-async fn serve(stream: TcpStream, conn: Arc<Conn>, settings: Arc<ListenerSettings>) {
-    let metrics = conn.runtime.metrics.clone();
+async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    index: usize,
+    name: Arc<str>,
+    settings: Arc<ListenerSettings>,
+) {
+    let metrics = shared.runtime.metrics.clone();
     metrics.connections_total.fetch_add(1, Relaxed);
     metrics.connections_active.fetch_add(1, Relaxed);
     // A connection that sends nothing is closed at the first-byte timeout: hyper's
-    // protocol detection would otherwise wait for its first bytes forever.
+    // protocol detection (and the TLS handshake) would otherwise wait forever.
     let mut first = [0u8; 1];
     let first_byte = tokio::time::timeout(settings.first_byte, stream.peek(&mut first)).await;
     if matches!(first_byte, Ok(Ok(n)) if n > 0) {
-        serve_http(stream, &conn, &settings).await;
+        let conn = |scheme, tls| {
+            Arc::new(Conn {
+                runtime: shared.runtime.clone(),
+                listener: index,
+                listener_name: name.clone(),
+                scheme,
+                peer,
+                peer_text: crate::http::forwarded::ip_text(peer.ip()),
+                signal: shared.connections.register(),
+                stats: ConnStats::default(),
+                tls,
+            })
+        };
+        match &settings.tls {
+            None => serve_http(TokioIo::new(stream), &conn("http", None), &settings).await,
+            Some(tls) => match tls.accept(stream, settings.handshake).await {
+                Ok((stream, info)) => {
+                    serve_http(
+                        TokioIo::new(stream),
+                        &conn("https", Some(Arc::new(info))),
+                        &settings,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    metrics.tls_handshake_errors.fetch_add(1, Relaxed);
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                }
+            },
+        }
     }
     metrics.connections_active.fetch_sub(1, Relaxed);
 }
 
-async fn serve_http(stream: TcpStream, conn: &Arc<Conn>, settings: &ListenerSettings) {
+async fn serve_http<I>(io: I, conn: &Arc<Conn>, settings: &ListenerSettings)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let svc = {
         let conn = conn.clone();
         service_fn(move |req| {
@@ -174,9 +205,7 @@ async fn serve_http(stream: TcpStream, conn: &Arc<Conn>, settings: &ListenerSett
             async move { Ok::<_, Infallible>(handler::handle(&conn, req).await) }
         })
     };
-    let served = settings
-        .builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    let served = settings.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(served);
     let idle = tokio::time::sleep(settings.keep_alive);
     tokio::pin!(idle);

@@ -119,6 +119,8 @@ pub struct Metrics {
     pub access_log_dropped: AtomicU64,
     /// Requests whose client went away (or reset the stream) before a response.
     pub premature_resets: AtomicU64,
+    /// TLS handshakes that failed or timed out.
+    pub tls_handshake_errors: AtomicU64,
     routes: Mutex<HashMap<RouteKey, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
 }
@@ -156,7 +158,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_upstreams(&mut out);
-        let gauges: [Series; 8] = [
+        let gauges: [Series; 9] = [
             (
                 "turnpike_requests_in_flight",
                 "gauge",
@@ -204,6 +206,12 @@ impl Metrics {
                 "counter",
                 "Requests abandoned by their client before a response (HTTP/2 resets included).",
                 self.premature_resets.load(Relaxed) as i64,
+            ),
+            (
+                "turnpike_tls_handshake_errors_total",
+                "counter",
+                "Client TLS handshakes that failed or timed out.",
+                self.tls_handshake_errors.load(Relaxed) as i64,
             ),
         ];
         for (name, kind, help, value) in gauges {

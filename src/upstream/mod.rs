@@ -93,6 +93,7 @@ pub struct Cluster {
     resolved: Mutex<HashMap<String, Vec<SocketAddr>>>,
     resolver: Arc<dyn Resolve>,
     refresh: Mutex<Option<tokio::task::AbortHandle>>,
+    tls: Option<crate::tls::client::UpstreamTls>,
 }
 
 impl Cluster {
@@ -101,6 +102,17 @@ impl Cluster {
     pub fn new(
         name: &str,
         spec: &UpstreamSpec,
+        resolver: Arc<dyn Resolve>,
+        stats: Arc<UpstreamStats>,
+    ) -> Arc<Self> {
+        Self::with_tls(name, spec, None, resolver, stats)
+    }
+
+    /// A cluster whose endpoints are reached over TLS when `tls` is given.
+    pub fn with_tls(
+        name: &str,
+        spec: &UpstreamSpec,
+        tls: Option<crate::tls::client::UpstreamTls>,
         resolver: Arc<dyn Resolve>,
         stats: Arc<UpstreamStats>,
     ) -> Arc<Self> {
@@ -130,6 +142,7 @@ impl Cluster {
             resolved: Mutex::new(HashMap::new()),
             resolver,
             refresh: Mutex::new(None),
+            tls,
         });
         cluster.rebuild();
         cluster
@@ -231,13 +244,27 @@ impl Cluster {
     fn rebuild(&self) {
         let old = self.set.load();
         let resolved = self.resolved.lock().map(|r| r.clone()).unwrap_or_default();
-        let config = PoolConfig {
+        let base = PoolConfig {
             protocol: self.spec.protocol,
+            tls: None,
             max_idle: self.spec.pool.max_idle,
             idle_timeout: self.spec.pool.idle_timeout.0,
         };
         let mut endpoints: Vec<Arc<Endpoint>> = Vec::new();
         for s in &self.sources {
+            let mut config = base.clone();
+            if let Some(tls) = &self.tls {
+                // Never a plaintext fallback: an endpoint without a name to verify is
+                // left out.
+                let Some(name) = tls.name_for(&s.host) else {
+                    tracing::error!(upstream = %self.name, host = %s.host, "no TLS server name for this endpoint");
+                    continue;
+                };
+                config.tls = Some(Arc::new(pool::PoolTls {
+                    tls: tls.clone(),
+                    name,
+                }));
+            }
             let addrs = match s.ip {
                 Some(ip) => vec![SocketAddr::new(ip, s.port)],
                 None => resolved
@@ -259,7 +286,7 @@ impl Cluster {
                         host: Arc::from(format!("{}:{}", host_for_header(&s.host), s.port)),
                         weight: s.weight,
                         in_flight: AtomicUsize::new(0),
-                        pool: Pool::new(addr, config, self.stats.clone()),
+                        pool: Pool::new(addr, config.clone(), self.stats.clone()),
                     })
                 }));
             }

@@ -34,14 +34,25 @@ pub enum SendError {
 }
 
 /// Pool settings.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct PoolConfig {
-    /// HTTP/1.1 or h2c.
+    /// HTTP/1.1, h2c or h2.
     pub protocol: UpstreamProtocol,
+    /// TLS to the endpoint, with the name to verify.
+    pub tls: Option<Arc<PoolTls>>,
     /// Idle connections kept.
     pub max_idle: usize,
     /// Idle connections older than this are closed.
     pub idle_timeout: Duration,
+}
+
+/// TLS settings of one endpoint's connections.
+#[derive(Debug)]
+pub struct PoolTls {
+    /// The upstream's client config.
+    pub tls: crate::tls::client::UpstreamTls,
+    /// SNI and the name verified in the certificate.
+    pub name: rustls::pki_types::ServerName<'static>,
 }
 
 struct Idle {
@@ -99,9 +110,11 @@ impl Pool {
     ) -> Result<(http::Response<Incoming>, Option<Checkin>), SendError> {
         match self.config.protocol {
             UpstreamProtocol::Http1 => self.send_h1(req, connect_timeout).await,
-            UpstreamProtocol::H2c => Box::pin(self.send_h2(req, connect_timeout))
-                .await
-                .map(|r| (r, None)),
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+                Box::pin(self.send_h2(req, connect_timeout))
+                    .await
+                    .map(|r| (r, None))
+            }
         }
     }
 
@@ -220,14 +233,53 @@ impl Pool {
         Ok(stream)
     }
 
+    /// TCP, then TLS when configured, all within `connect_timeout`.
+    async fn connect_io(&self, connect_timeout: Duration) -> Result<Io, SendError> {
+        let started = tokio::time::Instant::now();
+        let stream = self.connect_tcp(connect_timeout).await?;
+        let Some(tls) = &self.config.tls else {
+            return Ok(Io::Plain(TokioIo::new(stream)));
+        };
+        let left = connect_timeout.saturating_sub(started.elapsed());
+        let handshake = tls.tls.connect(tls.name.clone(), stream);
+        match tokio::time::timeout(left, handshake).await {
+            Ok(Ok(s)) => Ok(Io::Tls(TokioIo::new(Box::new(s)))),
+            Ok(Err(e)) => {
+                self.stats.connect_errors.fetch_add(1, Relaxed);
+                Err(SendError::Connect(format!("{}: {e}", self.addr)))
+            }
+            Err(_) => {
+                self.stats.connect_errors.fetch_add(1, Relaxed);
+                Err(SendError::Connect(format!(
+                    "{}: TLS handshake not done within the connect timeout ({} ms)",
+                    self.addr,
+                    connect_timeout.as_millis()
+                )))
+            }
+        }
+    }
+
     async fn connect_h1(
         &self,
         connect_timeout: Duration,
         upgrades: bool,
     ) -> Result<http1::SendRequest<Body>, SendError> {
-        let stream = self.connect_tcp(connect_timeout).await?;
+        match self.connect_io(connect_timeout).await? {
+            Io::Plain(io) => self.handshake_h1(io, upgrades).await,
+            Io::Tls(io) => self.handshake_h1(io, upgrades).await,
+        }
+    }
+
+    async fn handshake_h1<I>(
+        &self,
+        io: I,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Body>, SendError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(SendError::Exchange)?;
         let addr = self.addr;
@@ -271,12 +323,21 @@ impl Pool {
         &self,
         connect_timeout: Duration,
     ) -> Result<http2::SendRequest<Body>, SendError> {
-        let stream = self.connect_tcp(connect_timeout).await?;
+        match self.connect_io(connect_timeout).await? {
+            Io::Plain(io) => self.handshake_h2(io).await,
+            Io::Tls(io) => self.handshake_h2(io).await,
+        }
+    }
+
+    async fn handshake_h2<I>(&self, io: I) -> Result<http2::SendRequest<Body>, SendError>
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (tx, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(30))
             .keep_alive_timeout(Duration::from_secs(10))
-            .handshake(TokioIo::new(stream))
+            .handshake(io)
             .await
             .map_err(SendError::Exchange)?;
         let addr = self.addr;
@@ -287,4 +348,10 @@ impl Pool {
         });
         Ok(tx)
     }
+}
+
+/// A connection to an endpoint, plain or TLS.
+enum Io {
+    Plain(TokioIo<TcpStream>),
+    Tls(TokioIo<Box<tokio_rustls::client::TlsStream<TcpStream>>>),
 }

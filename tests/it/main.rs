@@ -16,3 +16,4 @@ mod reload;
 mod routing;
 mod shutdown;
 mod telemetry;
+mod tls;
