@@ -236,7 +236,19 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         conn.signal.raise(super::signal::GRACEFUL);
     }
     let status = resp.status().as_u16();
-    let (parts, body) = resp.into_parts();
+    let (mut parts, mut body) = resp.into_parts();
+    // A HEAD response has no content (RFC 9110 §9.3.2). hyper drops it on HTTP/1.1, but
+    // on HTTP/2 a gateway-made body (an error, a `respond` route) would go out as DATA,
+    // which clients treat as a protocol error. The length it would have had is kept.
+    if ctx.method == http::Method::HEAD && !matches!(body, Body::Empty) {
+        if let Some(n) = http_body::Body::size_hint(&body).exact() {
+            parts
+                .headers
+                .entry(CONTENT_LENGTH)
+                .or_insert(HeaderValue::from(n));
+        }
+        body = Body::Empty;
+    }
     let log = snap.access_log.get().cloned();
     let exchange = Exchange::new(ctx, status, bytes_in, user_agent, log, in_flight);
     http::Response::from_parts(parts, ObservedBody::new(body, exchange))

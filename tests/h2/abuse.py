@@ -97,6 +97,12 @@ VICTIM_TAIL = 0.3  # the victim keeps going this long after the attack
 VICTIM_REQUESTS_PER_CONN = 500  # below the gateway's per-connection request cap (1000)
 RSS_GROWTH_LIMIT_KB = 10 * 1024  # --pid: allowed VmRSS growth for the floods
 
+# hpack_bomb: one dynamic-table entry; name + value + 32 (its RFC 7541 §4.1 size, which
+# is also what it adds to the header list size) must fit the default 4096-byte table.
+BOMB_NAME = "x-bomb"
+BOMB_VALUE_LEN = 4000
+BOMB_ENTRY_SIZE = len(BOMB_NAME) + BOMB_VALUE_LEN + 32
+
 VICTIM_PATH = "/api/victim"
 ATTACK_PATH = "/api/x"
 AUTHORITY = "t"
@@ -187,6 +193,10 @@ def error_name(code):
 # --- A raw HTTP/2 client connection ---------------------------------------------------
 
 
+class NoHandshake(Exception):
+    """The server did not answer the connection preface with SETTINGS."""
+
+
 class RawConn:
     """A cleartext HTTP/2 client connection that writes hand-built frames.
 
@@ -244,6 +254,12 @@ class RawConn:
         if window:
             data += window_update_frame(0, window)
         return self.send(data) == len(data)
+
+    def handshake(self):
+        """open(), then waits for the server's SETTINGS: raises NoHandshake without them."""
+        self.open()
+        if not self.pump(lambda: self.server_settings is not None, IO_TIMEOUT):
+            raise NoHandshake(f"no SETTINGS from the server within {IO_TIMEOUT} s ({describe_end(self)})")
 
     @property
     def goaway(self):
@@ -597,9 +613,9 @@ class RssSampler(threading.Thread):
 
 
 # --- Attacks --------------------------------------------------------------------------
-# Each takes (host, port, opts: Options) and returns a dict with at least "ok" (the attack-specific part
-# of the expectation; the victim's part is added by run_attack), "detail",
-# "closed_by_server" and "goaway_error".
+# Each takes (host, port, opts: Options) and returns a dict with at least "ok" (the
+# attack's own part of the expectation; run_attack adds the victim's part), "detail",
+# "closed_by_server" (GOAWAY received or TCP closed by the server) and "goaway_error".
 
 
 def conn_fields(conn):
@@ -629,8 +645,7 @@ def rapid_reset_connection(host, port, batch, pause, max_streams, budget):
     pairs per write with `pause` seconds of reading between writes, until the server
     reacts, `max_streams` or `budget` seconds. Returns the phase's record."""
     with RawConn(host, port) as conn:
-        conn.open()
-        conn.pump(lambda: conn.server_settings is not None, IO_TIMEOUT)
+        conn.handshake()
         deadline = time.monotonic() + budget
         sent = 0
         while sent < max_streams and not conn.closed_by_server and time.monotonic() < deadline:
@@ -642,7 +657,7 @@ def rapid_reset_connection(host, port, batch, pause, max_streams, budget):
                 break
             sent += batch
             conn.poll(pause)
-        conn.finish()  # read the server's reaction through to the close
+        conn.finish(1.0)  # read the server's reaction through to the close
         # The last GOAWAY's last stream id says how many streams the server took in.
         processed = (min(g[1] for g in conn.goaways) + 1) // 2 if conn.goaways else None
         debug = conn.goaway[2] if conn.goaway else ""
@@ -670,8 +685,8 @@ def attack_rapid_reset(host, port, opts, max_streams=5000):
     write, back to back, so reset streams pile up before the gateway accepts them. Paced:
     one pair per write, then 1 ms of reading, so the gateway accepts each reset stream
     before the next arrives. Each must end its connection before 5000 streams."""
-    burst = rapid_reset_connection(host, port, batch=10, pause=0, max_streams=max_streams, budget=4.0)
-    paced = rapid_reset_connection(host, port, batch=1, pause=0.001, max_streams=max_streams, budget=4.0)
+    burst = rapid_reset_connection(host, port, batch=10, pause=0, max_streams=max_streams, budget=3.0)
+    paced = rapid_reset_connection(host, port, batch=1, pause=0.001, max_streams=max_streams, budget=3.0)
 
     def summary(p):
         taken = f", {p['streams_taken_in']} taken in by the server" if p["streams_taken_in"] is not None else ""
@@ -695,8 +710,7 @@ def attack_continuation_flood(host, port, opts, max_bytes=10 * 1024 * 1024, budg
     """HEADERS without END_HEADERS, then CONTINUATION frames of 16 KiB of literal header
     fields each (never END_HEADERS), up to ~10 MB, built by hand."""
     with RawConn(host, port) as conn:
-        conn.open()
-        conn.pump(lambda: conn.server_settings is not None, IO_TIMEOUT)
+        conn.handshake()
         start = conn.encoder.encode(request_headers())
         first = frame(HEADERS, FLAG_END_STREAM, 1, start)  # no END_HEADERS
         sent_bytes = conn.send(first)
@@ -770,22 +784,20 @@ def attack_too_many_streams(host, port, opts, streams=300, budget=4.0):
 
 def bomb_block(refs, insert):
     """A request header block, built by hand: GET /api/x, :authority t, then (if `insert`)
-    one ~4 KiB literal added to the dynamic table, then `refs` references to it."""
+    one ~4 KiB literal added to the dynamic table, then `refs` references to it (one
+    byte each: the entry is index 62, the first dynamic one, as nothing else is added)."""
     block = hpack_indexed(2) + hpack_indexed(6)  # :method GET, :scheme http
     block += hpack_literal_indexed_name(4, ATTACK_PATH) + hpack_literal_indexed_name(1, AUTHORITY)
     if insert:
-        # name + value + 32 must fit the default 4096-byte dynamic table, or it is evicted.
-        block += hpack_literal("x-bomb", b"A" * 4000, incremental=True)
+        block += hpack_literal(BOMB_NAME, b"A" * BOMB_VALUE_LEN, incremental=True)
     return block + hpack_indexed(HPACK_STATIC_ENTRIES + 1) * refs
 
 
 def bomb_connection(host, port, refs):
     """One connection: stream 1 inserts the entry and references it `refs` times, stream 3
     (if the connection survives) references it `refs` times more. Returns the outcomes."""
-    entry_size = len("x-bomb") + 4000 + 32  # RFC 7541 §4.1 size, as in the header list size
     with RawConn(host, port) as conn:
-        conn.open()
-        conn.pump(lambda: conn.server_settings is not None, IO_TIMEOUT)
+        conn.handshake()
         streams = {}
         for stream_id, insert in ((1, True), (3, False)):
             if conn.dead:
@@ -793,10 +805,10 @@ def bomb_connection(host, port, refs):
                 continue
             block = bomb_block(refs, insert)
             conn.send(header_block_frames(stream_id, block, end_stream=True))
-            out = conn.wait_outcome(stream_id)
-            streams[str(stream_id)] = dict(out, encoded_bytes=len(block), decoded_bytes=refs * entry_size,
+            out = conn.wait_outcome(stream_id, timeout=1.5)
+            streams[str(stream_id)] = dict(out, encoded_bytes=len(block), decoded_bytes=refs * BOMB_ENTRY_SIZE,
                                            ok=out.get("status") != 200 and not out.get("timeout"))
-        conn.finish(0.5 if not conn.dead else IO_TIMEOUT)
+        conn.finish(0.5)
         return {"refs": refs, "streams": streams, "end": describe_end(conn), **conn_fields(conn),
                 "server_max_header_list_size": (conn.server_settings or {}).get("MAX_HEADER_LIST_SIZE")}
 
@@ -809,17 +821,18 @@ def attack_hpack_bomb(host, port, opts, huge_refs=12000):
     polite path (431 / stream reset) is exercised too."""
     huge = bomb_connection(host, port, huge_refs)
     limit = huge["server_max_header_list_size"] or 65536
-    modest = bomb_connection(host, port, int(1.5 * limit / (len("x-bomb") + 4000 + 32)) + 1)
+    modest = bomb_connection(host, port, int(1.5 * limit / BOMB_ENTRY_SIZE) + 1)
     bad = [f"{label} stream {s}" for label, c in (("huge", huge), ("modest", modest))
            for s, o in c["streams"].items() if not o.get("ok", True)]
 
     def summary(c):
         streams = "; ".join(f"stream {s}: {short_outcome(o)}" for s, o in c["streams"].items())
-        return f"{c['refs']} refs ({c['refs'] * 4038 / 1e6:.2f} MB decoded): {streams}; {c['end']}"
+        return f"{c['refs']} refs ({c['refs'] * BOMB_ENTRY_SIZE / 1e6:.2f} MB decoded): {streams}; {c['end']}"
 
     return {
         "ok": not bad,
-        "detail": f"huge: {summary(huge)} | modest: {summary(modest)}" + (f"; FAILED (200 or no answer): {bad}" if bad else ""),
+        "detail": f"huge: {summary(huge)} | modest: {summary(modest)}"
+        + (f"; FAILED (200 or no answer): {bad}" if bad else ""),
         "connections": {"huge": huge, "modest": modest},
         "closed_by_server": huge["closed_by_server"],
         "goaway_error": huge["goaway_error"],
@@ -835,8 +848,7 @@ def attack_h2_cl_mismatch(host, port, opts):
     closed = False
     for name, declared, body in (("cl5_data50", 5, 50), ("cl50_data5", 50, 5)):
         with RawConn(host, port) as conn:
-            conn.open()
-            conn.pump(lambda: conn.server_settings is not None, IO_TIMEOUT)
+            conn.handshake()
             hdrs = request_headers(method="POST", path="/api/cl", extra=[("content-length", str(declared))])
             data = conn.headers(1, hdrs, end_stream=False) + frame(DATA, FLAG_END_STREAM, 1, b"x" * body)
             conn.send(data)
@@ -916,7 +928,7 @@ def attack_forbidden_headers(host, port, opts, budget=8.0):
 
 def short_outcome(out):
     keys = ("status", "reset", "goaway", "tcp_closed", "http1_reply", "timeout", "skipped")
-    return "/".join(f"{k}:{out[k]}" for k in keys if out.get(k) not in (None, False)) or "?"
+    return "/".join(f"{k}:{out[k]}" for k in keys if out.get(k) not in (None, False)) or "left open"
 
 
 def attack_authority_mismatch(host, port, opts):
@@ -999,10 +1011,14 @@ def judge_flood(kind, conn, info, pid):
         else:
             growth = info["rss_after_kb"] - info["rss_before_kb"]
             ok = growth < RSS_GROWTH_LIMIT_KB
+    after = info["request_after_flood"] or {}
     if conn.closed_by_server:
         what = f"server closed the connection: {describe_end(conn)}"
+    elif "status" in after:
+        what = f"server kept going; request after the flood: {after}"
     else:
-        what = f"server kept going; request after the flood: {info['request_after_flood']}"
+        what = (f"connection left open, but the request after the flood got {after or 'nothing'} "
+                "(the server may still be working through the flood)")
     detail = (f"{info['frames_written']} {kind} frames written in {info['flood_seconds']} s"
               f"{' (server applied back-pressure)' if info['backpressure'] else ''}; "
               f"received {info['frames_received']}; {what}")
@@ -1031,8 +1047,7 @@ def attack_empty_data_flood(host, port, opts, count=10_000, budget=5.0):
     """POST /api/x (no END_STREAM), then 10,000 empty DATA frames without END_STREAM,
     written right behind the HEADERS so most of them reach a stream still open."""
     with RawConn(host, port, timeout=0.25) as conn:
-        conn.open()
-        conn.pump(lambda: conn.server_settings is not None, IO_TIMEOUT)
+        conn.handshake()
         conn.send(conn.headers(1, request_headers(method="POST"), end_stream=False))
         written, owed = flood(conn, lambda i: frame(DATA, 0, 1), count, time.monotonic() + budget,
                               chunk_frames=20, read_between=True)
@@ -1077,7 +1092,7 @@ def attack_invalid_preface(host, port, opts):
     for name, act in cases:
         with RawConn(host, port) as conn:
             act(conn)
-            conn.finish()
+            conn.finish(1.5)
             closed = bool(conn.dead)
             results[name] = {
                 "ok": closed,

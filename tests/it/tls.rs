@@ -271,6 +271,17 @@ async fn sni_picks_the_certificate_and_alpn_picks_the_protocol() {
     let body = resp.into_body().collect().await.unwrap().to_bytes();
     let seen: Echo = serde_json::from_slice(&body).unwrap();
     assert_eq!(seen.uri, "/h2");
+    // HEAD over HTTP/2: a gateway-made answer (a 414 for a long target) carries its
+    // length but no DATA.
+    let long = format!("https://a.test/{}", "x".repeat(9000));
+    let req = http::Request::head(long)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 414);
+    assert!(resp.headers().contains_key("content-length"));
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    assert!(body.is_empty(), "DATA on a HEAD response: {body:?}");
 }
 
 #[tokio::test]
