@@ -191,7 +191,8 @@ fn build_clusters(
     out
 }
 
-fn proxy_settings(spec: &GatewaySpec) -> ProxySettings {
+/// The proxy settings of a configuration.
+pub fn proxy_settings(spec: &GatewaySpec) -> ProxySettings {
     let s = &spec.server;
     ProxySettings {
         trusted: TrustedProxies::new(

@@ -7,6 +7,8 @@
 //! period.
 
 pub mod checks;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod handler;
 pub mod normalize;
 pub mod signal;

@@ -11,6 +11,8 @@ mod cli;
 mod edge;
 mod failures;
 mod fixtures;
+mod fuzz_corpus;
+mod grpc;
 mod proxy;
 mod reload;
 mod routing;
