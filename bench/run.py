@@ -7,6 +7,8 @@ steal > 2%) are thrown out; medians with min and max are reported, as ratios to 
 the same run. Workloads:
 
   W1  plain proxy, GET, 25 B body, 50 keep-alive connections (wrk -t1 -c50)
+  W1-TLS  the same over TLS (examples/tls certificate, ECDSA P-256), nginx with TLS too;
+      the upstream stays plain HTTP
   latency  added p50/p99 over direct at a fixed 1,000 requests/s (oha)
   W4  memory: RSS at start (quickstart config), bytes per idle keep-alive connection
       (5000 connections after one request each), peak RSS at 1000 active connections
@@ -35,6 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
 PORTS = {"upstream": 19100, "nginx": 19200, "turnpike": 19300, "admin": 19301}
 PROXY_CORE, LOAD_CORE = "0", "1"
+CERT, KEY = ROOT / "examples" / "tls" / "server.pem", ROOT / "examples" / "tls" / "server.key"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -98,6 +101,7 @@ class Proxies:
     def __init__(self, tmp):
         self.tmp = Path(tmp)
         self.procs = {}
+        self.tls = False
 
     def start_upstream(self):
         p = spawn([str(RELEASE / "examples" / "bench_upstream"), f"127.0.0.1:{PORTS['upstream']}"], LOAD_CORE)
@@ -106,8 +110,9 @@ class Proxies:
         return p
 
     def nginx_cmd(self):
-        conf = (ROOT / "bench" / "nginx-w1.conf").read_text()
+        conf = (ROOT / "bench" / ("nginx-w1-tls.conf" if self.tls else "nginx-w1.conf")).read_text()
         conf = conf.replace("BENCH_UPSTREAM_PORT", str(PORTS["upstream"])).replace("BENCH_PROXY_PORT", str(PORTS["nginx"]))
+        conf = conf.replace("BENCH_CERT", str(CERT)).replace("BENCH_KEY", str(KEY))
         path = self.tmp / "nginx.conf"
         path.write_text(conf)
         return ["nginx", "-c", str(path), "-p", str(self.tmp), "-e", "/dev/null"]
@@ -115,11 +120,13 @@ class Proxies:
     def turnpike_env(self):
         env = dict(os.environ)
         env.update(BENCH_PROXY_PORT=str(PORTS["turnpike"]), BENCH_ADMIN_PORT=str(PORTS["admin"]),
-                   BENCH_UPSTREAM_PORT=str(PORTS["upstream"]), TURNPIKE_LOG="error")
+                   BENCH_UPSTREAM_PORT=str(PORTS["upstream"]), TURNPIKE_LOG="error",
+                   BENCH_CERT=str(CERT), BENCH_KEY=str(KEY))
         return env
 
     def turnpike_cmd(self, config=None):
-        return [str(RELEASE / "turnpike"), "run", "-c", str(config or ROOT / "bench" / "turnpike-w1.yaml")]
+        default = "turnpike-w1-tls.yaml" if self.tls else "turnpike-w1.yaml"
+        return [str(RELEASE / "turnpike"), "run", "-c", str(config or ROOT / "bench" / default)]
 
     def start(self, name, wrapper=()):
         if name == "nginx":
@@ -136,10 +143,10 @@ class Proxies:
         self.procs.clear()
 
 
-def run_wrk(port, seconds, connections=50, path="/"):
+def run_wrk(port, seconds, connections=50, path="/", scheme="http"):
     """Runs wrk on the load core; returns (requests, errors, non_2xx, rps, wrk_ticks)."""
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
-           f"http://127.0.0.1:{port}{path}"]
+           f"{scheme}://127.0.0.1:{port}{path}"]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = p.communicate()
     m = re.search(r"(\d+) requests in", out)
@@ -150,11 +157,11 @@ def run_wrk(port, seconds, connections=50, path="/"):
     return requests, errors, non2xx, rps, out
 
 
-def measure(target_pid, upstream_pid, port, seconds, warmup):
-    run_wrk(port, warmup)
+def measure(target_pid, upstream_pid, port, seconds, warmup, scheme="http"):
+    run_wrk(port, warmup, scheme=scheme)
     before = (cpu_ticks(target_pid), cpu_ticks(upstream_pid), system_ticks())
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    requests, errors, non2xx, rps, out = run_wrk(port, seconds)
+    requests, errors, non2xx, rps, out = run_wrk(port, seconds, scheme=scheme)
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = (cpu_ticks(target_pid), cpu_ticks(upstream_pid), system_ticks())
     proxy_s = (after[0] - before[0]) / TICKS
@@ -174,14 +181,19 @@ def measure(target_pid, upstream_pid, port, seconds, warmup):
     }
 
 
-def check_guard(port):
+def check_guard(port, scheme="http"):
     """0 socket errors, 0 unexpected statuses, the right body, before timing."""
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
+    import ssl
+    ctx = ssl.create_default_context(cafile=str(ROOT / "examples" / "tls" / "ca.pem"))
+    ctx.check_hostname = False
+    body = urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/", timeout=5, context=ctx if scheme == "https" else None).read()
     if body != b'{"ok":true,"msg":"hello"}':
         raise SystemExit(f"unexpected body from port {port}: {body!r}")
 
 
-def w1(args, proxies):
+def w1(args, proxies, tls=False):
+    proxies.tls = tls
+    scheme = "https" if tls else "http"
     upstream = proxies.start_upstream()
     check_guard(PORTS["upstream"])
     rounds = []
@@ -194,8 +206,9 @@ def w1(args, proxies):
             else:
                 proc = proxies.start(name)
                 pid, port = proc.pid, PORTS[name]
-                check_guard(port)
-            row[name] = measure(pid, upstream.pid, port, args.duration, args.warmup)
+                check_guard(port, scheme)
+            row[name] = measure(pid, upstream.pid, port, args.duration, args.warmup,
+                                scheme if name != "direct" else "http")
             if proc:
                 stop(proc)
                 proxies.procs.pop(name, None)
@@ -214,6 +227,7 @@ def w1(args, proxies):
             for n in ["direct", "nginx", "turnpike"]) + ("" if row["kept"] else f"  [discarded: {'; '.join(reasons)}]"))
         rounds.append(row)
     proxies.stop_all()
+    proxies.tls = False
     kept = [r for r in rounds if r["kept"]] or rounds
 
     def stat(name, key):
@@ -382,9 +396,12 @@ def h2load(port, n):
 
 def report(results):
     lines = [f"# turnpike benchmark, {results['when']}", "", f"Host: {results['host']}", ""]
-    if "w1" in results:
-        w = results["w1"]
-        lines += ["## W1: plain proxy, 50 keep-alive connections",
+    for key, title in [("w1", "W1: plain proxy, 50 keep-alive connections"),
+                       ("w1tls", "W1 over TLS: 50 keep-alive TLS connections (TLS 1.3, ECDSA P-256), plain upstream")]:
+        if key not in results:
+            continue
+        w = results[key]
+        lines += [f"## {title}",
                   f"Rounds kept: {w['kept']} of {len(w['rounds'])}.", "",
                   "| target | CPU µs/request (median, min-max) | requests/s (median) |", "|---|---|---|"]
         for n in ["direct", "nginx", "turnpike"]:
@@ -421,7 +438,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,latency,w4", help="comma list of w1, latency, w4 (empty for none)")
+    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1tls, latency, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
     ap.add_argument("--latency-rounds", type=int, default=3)
@@ -436,6 +453,8 @@ def main():
             wanted = args.workloads.split(",")
             if "w1" in wanted:
                 results["w1"] = w1(args, proxies)
+            if "w1tls" in wanted:
+                results["w1tls"] = w1(args, proxies, tls=True)
             if "latency" in wanted:
                 if shutil_which("oha"):
                     results["latency"] = latency(args, proxies)

@@ -29,6 +29,8 @@ pub struct LoadedConfig {
     pub spec: GatewaySpec,
     /// The file it came from, if any.
     pub path: Option<PathBuf>,
+    /// Where relative paths in it start (`${file:...}`, TLS files): the file's folder.
+    pub base: PathBuf,
     /// Values substituted from the environment or files: redacted from `GET /config`.
     pub secrets: Vec<String>,
     /// Field locations, for problems found when compiling.
@@ -47,8 +49,8 @@ pub fn load_file(path: &Path) -> Result<LoadedConfig, ConfigErrors> {
     Ok(loaded)
 }
 
-/// Substitutes, parses and checks configuration text; relative `${file:...}` paths start
-/// at `base`.
+/// Substitutes, parses and checks configuration text; relative paths (`${file:...}`, TLS
+/// files) start at `base`.
 pub fn load_str(text: &str, base: &Path) -> Result<LoadedConfig, ConfigErrors> {
     let locations = Locations::index(text);
     let subst = prepare_substitution(text, base)?;
@@ -57,6 +59,7 @@ pub fn load_str(text: &str, base: &Path) -> Result<LoadedConfig, ConfigErrors> {
     Ok(LoadedConfig {
         spec,
         path: None,
+        base: base.to_path_buf(),
         secrets: subst.secrets,
         locations,
         digest: crate::upstream::hash::hash64(text.as_bytes()),

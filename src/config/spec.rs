@@ -186,6 +186,9 @@ pub struct ListenerTimeoutsSpec {
     /// Longest wait between two reads of a request body (408 past it, or the connection
     /// is closed when the response has started).
     pub body_idle: Dur,
+    /// Longest a write to the client may stay pending (a client that stopped reading);
+    /// past it, the connection is closed.
+    pub write_idle: Dur,
 }
 
 impl Default for ListenerTimeoutsSpec {
@@ -196,6 +199,7 @@ impl Default for ListenerTimeoutsSpec {
             handshake: Dur::secs(10),
             keep_alive: Dur::secs(60),
             body_idle: Dur::secs(30),
+            write_idle: Dur::secs(60),
         }
     }
 }

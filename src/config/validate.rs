@@ -311,6 +311,7 @@ fn check_limits(path: &str, l: &crate::config::ListenerSpec, p: &mut Problems) {
         ("handshake", t.handshake.0),
         ("keep_alive", t.keep_alive.0),
         ("body_idle", t.body_idle.0),
+        ("write_idle", t.write_idle.0),
     ] {
         if d.is_zero() {
             p.push(

@@ -48,7 +48,7 @@ pub fn compile(
 ) -> Result<Snapshot, ConfigErrors> {
     let spec = &config.spec;
     let mut p = Problems::default();
-    let base = config.path.as_deref().and_then(std::path::Path::parent);
+    let base = Some(config.base.as_path());
     let clusters = build_clusters(spec, env, base, &mut p);
     let settings = Arc::new(proxy_settings(spec));
     let mut builders: Vec<RouterBuilder<RouteBinding>> = spec
@@ -135,6 +135,7 @@ pub fn listener_settings(
         first_byte: l.timeouts.first_byte.0,
         keep_alive: l.timeouts.keep_alive.0,
         body_idle: l.timeouts.body_idle.0,
+        write_idle: l.timeouts.write_idle.0,
         tls,
         redirect_https: l.redirect_https.as_ref().map(|r| {
             (

@@ -66,6 +66,8 @@ pub struct ListenerSettings {
     pub handshake: Duration,
     /// Longest pause between reads of a request body.
     pub body_idle: Duration,
+    /// Longest a write to the client may stay pending.
+    pub write_idle: Duration,
     /// TLS termination, when the listener is HTTPS.
     pub tls: Option<Arc<crate::tls::server::ServerTls>>,
     /// Redirect every request to HTTPS on this port, with this status.

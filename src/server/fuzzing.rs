@@ -15,7 +15,9 @@ use crate::targets::ProxySettings;
 /// nothing), starts with `/`, and has no dot segment, empty segment (when merging), or
 /// escape that could decode into a separator or a control.
 pub fn normalize_path(data: &[u8]) {
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     for rules in [
         PathRules::default(),
         PathRules {
@@ -24,14 +26,17 @@ pub fn normalize_path(data: &[u8]) {
             allow_semicolons: true,
         },
     ] {
-        let Ok(out) = normalize::path(text, &rules) else { continue };
+        let Ok(out) = normalize::path(text, &rules) else {
+            continue;
+        };
         assert_canonical(&out, &rules);
     }
 }
 
 fn assert_canonical(out: &str, rules: &PathRules) {
     assert!(out.starts_with('/'), "{out:?}");
-    let again = normalize::path(out, rules).unwrap_or_else(|e| panic!("{out:?} refused on the second pass: {e}"));
+    let again = normalize::path(out, rules)
+        .unwrap_or_else(|e| panic!("{out:?} refused on the second pass: {e}"));
     assert_eq!(again, out, "not idempotent");
     for seg in out.split('/').skip(1) {
         assert!(seg != "." && seg != "..", "dot segment left in {out:?}");
@@ -44,9 +49,15 @@ fn assert_canonical(out: &str, rules: &PathRules) {
         assert!(!lower.contains(bad), "{bad} left in {out:?}");
     }
     if rules.encoded_slashes == EncodedSlashes::Reject {
-        assert!(!lower.contains("%2f") && !lower.contains("%5c"), "encoded slash left in {out:?}");
+        assert!(
+            !lower.contains("%2f") && !lower.contains("%5c"),
+            "encoded slash left in {out:?}"
+        );
     }
-    assert!(out.bytes().all(|b| b > 0x20 && b < 0x7f), "raw control or space in {out:?}");
+    assert!(
+        out.bytes().all(|b| b > 0x20 && b < 0x7f),
+        "raw control or space in {out:?}"
+    );
 }
 
 fn settings() -> &'static (ListenerSettings, ProxySettings) {
@@ -69,22 +80,38 @@ fn settings() -> &'static (ListenerSettings, ProxySettings) {
 pub fn http1_head(data: &[u8]) {
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(_)) = req.parse(data) else { return };
-    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else { return };
+    let Ok(httparse::Status::Complete(_)) = req.parse(data) else {
+        return;
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return;
+    };
     let mut b = http::Request::builder()
         .method(method)
         .uri(path)
-        .version(if version == 1 { http::Version::HTTP_11 } else { http::Version::HTTP_10 });
+        .version(if version == 1 {
+            http::Version::HTTP_11
+        } else {
+            http::Version::HTTP_10
+        });
     for h in req.headers.iter() {
         b = b.header(h.name, h.value);
     }
     let Ok(request) = b.body(()) else { return };
     let (mut parts, ()): (Parts, ()) = request.into_parts();
     let (listener, proxy) = settings();
-    let Ok(host) = checks::check(listener, proxy, &mut parts) else { return };
+    let Ok(host) = checks::check(listener, proxy, &mut parts) else {
+        return;
+    };
     assert!(parts.headers.get_all(http::header::HOST).iter().count() <= 1);
-    assert!(!host.as_bytes().contains(&b'@'), "user info in host {host:?}");
-    assert!(parts.headers.keys().all(|n| !n.as_str().contains('_')), "underscore header accepted");
+    assert!(
+        !host.as_bytes().contains(&b'@'),
+        "user info in host {host:?}"
+    );
+    assert!(
+        parts.headers.keys().all(|n| !n.as_str().contains('_')),
+        "underscore header accepted"
+    );
     if parts.uri.path() != "*" {
         assert_canonical(parts.uri.path(), &listener.path_rules);
     }
@@ -96,7 +123,16 @@ mod tests {
 
     #[test]
     fn seeds_run_clean() {
-        for p in ["/", "/a/../b", "//x//y/", "/%2e%2E/a", "/a%2fb", "/%252e", "/a;b", "\u{ff0f}x"] {
+        for p in [
+            "/",
+            "/a/../b",
+            "//x//y/",
+            "/%2e%2E/a",
+            "/a%2fb",
+            "/%252e",
+            "/a;b",
+            "\u{ff0f}x",
+        ] {
             normalize_path(p.as_bytes());
         }
         http1_head(b"GET /api/../admin HTTP/1.1\r\nHost: t\r\n\r\n");

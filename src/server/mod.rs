@@ -10,6 +10,7 @@ pub mod checks;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod handler;
+pub mod io;
 pub mod normalize;
 pub mod signal;
 
@@ -30,6 +31,9 @@ use crate::runtime::snapshot::ListenerSettings;
 use crate::runtime::Runtime;
 use handler::{Conn, ConnStats};
 use signal::Registry;
+
+/// How long an abusive connection may take to read its GOAWAY before it is dropped.
+const ABUSE_GRACE: Duration = Duration::from_millis(250);
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
 pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
@@ -176,7 +180,10 @@ async fn serve(
             })
         };
         match &settings.tls {
-            None => serve_http(TokioIo::new(stream), &conn("http", None), &settings).await,
+            None => {
+                let io = io::WriteTimeout::new(TokioIo::new(stream), settings.write_idle);
+                serve_http(io, &conn("http", None), &settings).await;
+            }
             Some(tls) => match tls.accept(stream, settings.handshake).await {
                 Ok((stream, info)) => {
                     serve_http(
@@ -219,7 +226,11 @@ where
             level = conn.signal.above(seen) => {
                 seen = level;
                 if level >= signal::ABORT {
+                    // GOAWAY first (RFC 9113 §5.4.1 asks for it), then a short grace
+                    // before the connection and its streams are dropped.
                     tracing::warn!(peer = %conn.peer, "closing an abusive connection");
+                    served.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(ABUSE_GRACE, served.as_mut()).await;
                     break Ok(());
                 }
                 served.as_mut().graceful_shutdown();

@@ -847,7 +847,9 @@ def attack_hpack_bomb(host, port, opts, huge_refs=12000):
 
 def attack_h2_cl_mismatch(host, port, opts):
     """POST /api/cl with content-length: 5 and 50 bytes of DATA; and content-length: 50
-    with 5 bytes then END_STREAM. Each on its own connection, HEADERS and DATA in one write."""
+    with 5 bytes then END_STREAM. Each on its own connection, HEADERS and DATA in one
+    write. Expected (RFC 9113 §8.1.1): RST_STREAM PROTOCOL_ERROR (or GOAWAY PROTOCOL_ERROR,
+    or a 400); never a 200."""
     cases = {}
     first_goaway = None
     closed = False
@@ -858,9 +860,8 @@ def attack_h2_cl_mismatch(host, port, opts):
             data = conn.headers(1, hdrs, end_stream=False) + frame(DATA, FLAG_END_STREAM, 1, b"x" * body)
             conn.send(data)
             out = conn.wait_outcome(1, linger=0.3)
-            good = ("status" not in out and (out.get("reset") == "PROTOCOL_ERROR"
-                                              or out.get("goaway") == "PROTOCOL_ERROR")) or out.get("status") == 400
-            cases[name] = dict(out, ok=good)
+            refused = out.get("reset") == "PROTOCOL_ERROR" or out.get("goaway") == "PROTOCOL_ERROR"
+            cases[name] = dict(out, ok=out.get("status") == 400 or ("status" not in out and refused))
             first_goaway = first_goaway if first_goaway is not None else conn.goaway_code
             closed = closed or conn.closed_by_server
     bad = [n for n, c in cases.items() if not c["ok"]]

@@ -867,3 +867,55 @@ async fn e67_a_connection_closes_after_its_request_cap() {
     );
     assert_eq!(e.cap.requests(), 5);
 }
+
+#[tokio::test]
+async fn e62_a_client_that_stops_reading_is_closed_at_the_write_timeout() {
+    let big = upstream_fn(|_req| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            32 << 20
+        ])))
+    })
+    .await;
+    let gw = gateway(&format!(
+        r#"
+listeners:
+  - name: edge
+    address: "127.0.0.1:0"
+    timeouts: {{write_idle: 1s}}
+access_log: {{enabled: false}}
+upstreams:
+  big: {{endpoints: ["{}"]}}
+routes:
+  - {{name: big, match: {{prefix: /}}, upstream: big}}
+"#,
+        big.addr
+    ))
+    .await;
+    let active = || {
+        let text = gw.runtime().metrics.render();
+        text.lines()
+            .find(|l| l.starts_with("turnpike_connections_active "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .unwrap_or(-1)
+    };
+    let mut s = TcpStream::connect(gw.listener_addr("edge").unwrap())
+        .await
+        .unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(5), "the connection is open", || async {
+        (active() == 1).then_some(())
+    })
+    .await;
+    // The client reads nothing: the gateway's writes stall once the socket buffers are
+    // full, and the connection is closed at the write timeout.
+    eventually(
+        Duration::from_secs(10),
+        "the stalled connection is closed",
+        || async { (active() == 0).then_some(()) },
+    )
+    .await;
+    drop(s);
+}

@@ -41,52 +41,63 @@ async fn grpc_server() -> SocketAddr {
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
-                    let mut grpc = tonic::server::Grpc::new(ProstCodec::<EchoReply, EchoRequest>::default());
-                    let resp = match req.uri().path() {
-                        "/test.Echo/Unary" => {
-                            let svc = tower::service_fn(|r: Request<EchoRequest>| async move {
-                                let seen = r.metadata().get("x-request-id").is_some();
-                                let m = r.into_inner();
-                                let mut resp = Response::new(EchoReply {
-                                    message: format!("echo: {}", m.message),
-                                    index: 0,
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<hyper::body::Incoming>| async move {
+                        let mut grpc = tonic::server::Grpc::new(
+                            ProstCodec::<EchoReply, EchoRequest>::default(),
+                        );
+                        let resp = match req.uri().path() {
+                            "/test.Echo/Unary" => {
+                                let svc = tower::service_fn(|r: Request<EchoRequest>| async move {
+                                    let seen = r.metadata().get("x-request-id").is_some();
+                                    let m = r.into_inner();
+                                    let mut resp = Response::new(EchoReply {
+                                        message: format!("echo: {}", m.message),
+                                        index: 0,
+                                    });
+                                    resp.metadata_mut().insert(
+                                        "x-saw-request-id",
+                                        if seen { "yes" } else { "no" }.parse().unwrap(),
+                                    );
+                                    Ok::<_, Status>(resp)
                                 });
-                                resp.metadata_mut().insert("x-saw-request-id", if seen { "yes" } else { "no" }.parse().unwrap());
-                                Ok::<_, Status>(resp)
-                            });
-                            grpc.unary(svc, req).await
-                        }
-                        "/test.Echo/Stream" => {
-                            let svc = tower::service_fn(|r: Request<EchoRequest>| async move {
-                                let m = r.into_inner();
-                                let items: Vec<Result<EchoReply, Status>> = (0..m.count)
-                                    .map(|i| {
-                                        Ok(EchoReply {
-                                            message: m.message.clone(),
-                                            index: i,
+                                grpc.unary(svc, req).await
+                            }
+                            "/test.Echo/Stream" => {
+                                let svc = tower::service_fn(|r: Request<EchoRequest>| async move {
+                                    let m = r.into_inner();
+                                    let items: Vec<Result<EchoReply, Status>> = (0..m.count)
+                                        .map(|i| {
+                                            Ok(EchoReply {
+                                                message: m.message.clone(),
+                                                index: i,
+                                            })
                                         })
-                                    })
-                                    .chain(std::iter::once({
-                                        let mut s = Status::resource_exhausted("no more");
-                                        s.metadata_mut().insert("x-left", "0".parse().unwrap());
-                                        Err(s)
-                                    }))
-                                    .collect();
-                                let stream: Replies = Box::pin(futures_util::stream::iter(items));
-                                Ok::<_, Status>(Response::new(stream))
-                            });
-                            grpc.server_streaming(svc, req).await
-                        }
-                        _ => {
-                            let svc = tower::service_fn(|_r: Request<EchoRequest>| async move {
-                                Err::<Response<EchoReply>, _>(Status::not_found("no such user"))
-                            });
-                            grpc.unary(svc, req).await
-                        }
-                    };
-                    Ok::<_, Infallible>(resp)
-                });
+                                        .chain(std::iter::once({
+                                            let mut s = Status::resource_exhausted("no more");
+                                            s.metadata_mut().insert("x-left", "0".parse().unwrap());
+                                            Err(s)
+                                        }))
+                                        .collect();
+                                    let stream: Replies =
+                                        Box::pin(futures_util::stream::iter(items));
+                                    Ok::<_, Status>(Response::new(stream))
+                                });
+                                grpc.server_streaming(svc, req).await
+                            }
+                            _ => {
+                                let svc =
+                                    tower::service_fn(|_r: Request<EchoRequest>| async move {
+                                        Err::<Response<EchoReply>, _>(Status::not_found(
+                                            "no such user",
+                                        ))
+                                    });
+                                grpc.unary(svc, req).await
+                            }
+                        };
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
                 let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
@@ -165,7 +176,11 @@ routes:
     // Trailers-only error.
     client.ready().await.unwrap();
     let err = client
-        .unary(Request::new(EchoRequest::default()), PathAndQuery::from_static("/test.Echo/Fail"), codec())
+        .unary(
+            Request::new(EchoRequest::default()),
+            PathAndQuery::from_static("/test.Echo/Fail"),
+            codec(),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::NotFound);

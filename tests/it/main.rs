@@ -13,6 +13,7 @@ mod failures;
 mod fixtures;
 mod fuzz_corpus;
 mod grpc;
+mod h2abuse;
 mod proxy;
 mod reload;
 mod routing;
