@@ -5,6 +5,8 @@
 //! - percent-encoded unreserved characters are decoded (`%2e` is `.`, `%41` is `A`);
 //!   every other escape stays encoded, with upper-case hex; nothing is decoded twice, so
 //!   `%252e` stays `%252e` (an encoded `%` followed by the text `2e`);
+//! - raw bytes a path may not hold (non-ASCII, space, `"`, `<`, `>`, `{`...) are
+//!   percent-encoded;
 //! - dot segments are removed after that decoding (`/api/%2e%2e/admin` is `/admin`);
 //!   `..` above the root stays at the root;
 //! - `//` is merged into `/` when `merge_slashes` is on (the default);
@@ -66,6 +68,7 @@ pub fn path<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, Refusa
             b'\\' => return Err("backslash in the path"),
             b';' if !rules.allow_semicolons => return Err("`;` in the path"),
             0x00..=0x1f | 0x7f => return Err("control character in the path"),
+            b if !is_pchar(b) => needs_work = true,
             _ => {}
         }
         prev = b;
@@ -91,6 +94,35 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// A byte that may stand for itself in a path (RFC 3986 `pchar` and `/`, plus `%`).
+fn is_pchar(b: u8) -> bool {
+    is_unreserved(b)
+        || matches!(
+            b,
+            b'!' | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+                | b':'
+                | b'@'
+                | b'/'
+                | b'%'
+        )
+}
+
+fn push_escape(out: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    out.push('%');
+    out.push(HEX[usize::from(b >> 4)] as char);
+    out.push(HEX[usize::from(b & 15)] as char);
+}
+
 fn is_unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -102,7 +134,13 @@ fn decode_unreserved(bytes: &[u8], rules: &PathRules) -> Result<String, Refusal>
     while i < bytes.len() {
         let b = bytes[i];
         if b != b'%' {
-            out.push(b as char);
+            if is_pchar(b) {
+                out.push(b as char);
+            } else {
+                // Raw bytes a path may not hold (UTF-8, space, `"`, `<`, `{`...): sent
+                // percent-encoded, so every upstream reads the path that was routed.
+                push_escape(&mut out, b);
+            }
             i += 1;
             continue;
         }
@@ -120,12 +158,7 @@ fn decode_unreserved(bytes: &[u8], rules: &PathRules) -> Result<String, Refusal>
             }
             b';' if !rules.allow_semicolons => return Err("encoded `;` in the path"),
             v if is_unreserved(v) => out.push(v as char),
-            v => {
-                const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                out.push('%');
-                out.push(HEX[usize::from(v >> 4)] as char);
-                out.push(HEX[usize::from(v & 15)] as char);
-            }
+            v => push_escape(&mut out, v),
         }
         i += 3;
     }
@@ -257,5 +290,24 @@ mod tests {
         assert_eq!(norm("/ADMIN/x").unwrap(), "/ADMIN/x");
         // Full-width solidus, percent-encoded UTF-8: stays encoded, never a `/`.
         assert_eq!(norm("/%EF%BC%8Fadmin").unwrap(), "/%EF%BC%8Fadmin");
+    }
+
+    #[test]
+    fn raw_bytes_a_path_cannot_hold_are_encoded_not_mangled() {
+        // Found by the normalize_path fuzz target: raw UTF-8 was copied byte by byte as
+        // Latin-1 characters, so the forwarded bytes differed from the received ones.
+        assert_eq!(norm("/x\u{66f}in/y").unwrap(), "/x%D9%AFin/y");
+        assert_eq!(norm("/caf\u{e9}/../x").unwrap(), "/x");
+        assert_eq!(norm("/caf\u{e9}").unwrap(), "/caf%C3%A9");
+        assert_eq!(
+            norm("/a b\"<{}>|^`").unwrap(),
+            "/a%20b%22%3C%7B%7D%3E%7C%5E%60"
+        );
+        assert_eq!(norm("/a?b").unwrap(), "/a%3Fb");
+        // Already canonical: untouched.
+        assert!(matches!(
+            path("/a:b@c!$&'()*+,=", &PathRules::default()),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 }
