@@ -123,6 +123,8 @@ pub struct Conn {
     pub stats: ConnStats,
     /// What the TLS handshake established (HTTPS listeners).
     pub tls: Option<Arc<crate::tls::server::TlsInfo>>,
+    /// Whether the client takes its HTTP/2 response bodies.
+    pub progress: Arc<crate::telemetry::exchange::StreamProgress>,
 }
 
 /// Lowers the in-flight gauge when the request is over, however it ends.
@@ -251,7 +253,11 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
     }
     let log = snap.access_log.get().cloned();
     let exchange = Exchange::new(ctx, status, bytes_in, user_agent, log, in_flight);
-    http::Response::from_parts(parts, ObservedBody::new(body, exchange))
+    let mut body = ObservedBody::new(body, exchange);
+    if !http1 {
+        body = body.watched(conn.progress.clone());
+    }
+    http::Response::from_parts(parts, body)
 }
 
 fn request_body(

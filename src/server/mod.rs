@@ -177,6 +177,7 @@ async fn serve(
                 signal: shared.connections.register(),
                 stats: ConnStats::default(),
                 tls,
+                progress: Default::default(),
             })
         };
         match &settings.tls {
@@ -216,7 +217,7 @@ where
     };
     let served = settings.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(served);
-    let idle = tokio::time::sleep(settings.keep_alive);
+    let idle = tokio::time::sleep(settings.keep_alive.min(settings.write_idle));
     tokio::pin!(idle);
     let mut seen = 0;
     let result = loop {
@@ -236,9 +237,21 @@ where
                 served.as_mut().graceful_shutdown();
             }
             () = &mut idle, if seen == 0 => {
-                match conn.stats.idle_for(settings.keep_alive) {
-                    None => conn.signal.raise(signal::GRACEFUL),
-                    Some(left) => idle.as_mut().reset(tokio::time::Instant::now() + left),
+                // HTTP/2: response bodies pending that hyper has not polled for
+                // `write_idle` are blocked on flow control: the client reads nothing.
+                let stalled = conn.progress.stalled_for();
+                if stalled.is_some_and(|s| s >= settings.write_idle) {
+                    tracing::info!(peer = %conn.peer, "closing a connection whose client stopped reading its responses");
+                    conn.signal.raise(signal::ABORT);
+                } else {
+                    match conn.stats.idle_for(settings.keep_alive) {
+                        None => conn.signal.raise(signal::GRACEFUL),
+                        Some(left) => {
+                            let check = settings.write_idle.saturating_sub(stalled.unwrap_or_default());
+                            let next = left.min(check.max(Duration::from_millis(50)));
+                            idle.as_mut().reset(tokio::time::Instant::now() + next);
+                        }
+                    }
                 }
             }
         }

@@ -118,6 +118,46 @@ fn protocol(v: Version) -> &'static str {
 pub struct ObservedBody {
     inner: Body,
     exchange: Option<Exchange>,
+    progress: Option<Arc<StreamProgress>>,
+    owed: bool,
+}
+
+/// Whether a connection's client takes its HTTP/2 response bodies. hyper polls a
+/// response body only while its stream has flow-control window. A body that produced a
+/// frame (or has not been polled yet) is owed a poll; one that answered `Pending` is
+/// waiting for its upstream and owed nothing. When polls are owed and no body of the
+/// connection has been polled for a while, the client has stopped reading.
+#[derive(Debug)]
+pub struct StreamProgress {
+    started: std::time::Instant,
+    owed: AtomicU64,
+    last_polled_ms: AtomicU64,
+}
+
+impl Default for StreamProgress {
+    fn default() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            owed: AtomicU64::new(0),
+            last_polled_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+impl StreamProgress {
+    fn touch(&self) {
+        self.last_polled_ms
+            .store(self.started.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// How long polls have been owed with none made; `None` when none is owed.
+    pub fn stalled_for(&self) -> Option<std::time::Duration> {
+        if self.owed.load(Relaxed) == 0 {
+            return None;
+        }
+        let last = std::time::Duration::from_millis(self.last_polled_ms.load(Relaxed));
+        Some(self.started.elapsed().saturating_sub(last))
+    }
 }
 
 impl ObservedBody {
@@ -126,6 +166,33 @@ impl ObservedBody {
         Self {
             inner,
             exchange: Some(exchange),
+            progress: None,
+            owed: false,
+        }
+    }
+
+    /// Reports this body's progress to its connection (HTTP/2 responses).
+    pub fn watched(mut self, progress: Arc<StreamProgress>) -> Self {
+        progress.touch();
+        self.progress = Some(progress);
+        self.owe();
+        self
+    }
+
+    /// Marks this body as owed a poll (once).
+    fn owe(&mut self) {
+        if let (false, Some(p)) = (self.owed, &self.progress) {
+            self.owed = true;
+            p.owed.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn settle(&mut self) {
+        if self.owed {
+            self.owed = false;
+            if let Some(p) = &self.progress {
+                p.owed.fetch_sub(1, Relaxed);
+            }
         }
     }
 
@@ -133,6 +200,8 @@ impl ObservedBody {
         if let Some(ex) = self.exchange.take() {
             ex.finish(completed);
         }
+        self.settle();
+        self.progress = None;
     }
 }
 
@@ -145,7 +214,16 @@ impl http_body::Body for ObservedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = &mut *self;
+        if let Some(p) = &this.progress {
+            p.touch();
+        }
+        this.settle();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(Some(Ok(_))))
+            && !http_body::Body::is_end_stream(&this.inner)
+        {
+            this.owe();
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(ex)) = (frame.data_ref(), this.exchange.as_mut()) {

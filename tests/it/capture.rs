@@ -18,6 +18,11 @@ impl Captured {
         String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
     }
 
+    /// Everything received so far, as bytes.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+
     /// How many request lines were received.
     pub fn requests(&self) -> usize {
         let text = self.text();

@@ -919,3 +919,80 @@ routes:
     .await;
     drop(s);
 }
+
+#[tokio::test]
+async fn e65_compressed_bodies_pass_through_untouched() {
+    // The gateway does not inflate request bodies, so a "decompression bomb" is just
+    // bytes: forwarded as sent, with its Content-Encoding, within the body limit.
+    let e = edge("").await;
+    let body: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    let mut request = format!(
+        "POST /api/gz HTTP/1.1\r\nHost: t\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&body);
+    e.send(&request).await.only(200, "gzip body");
+    let seen = e.cap.bytes();
+    assert!(seen.ends_with(&body), "the body was changed");
+    assert!(String::from_utf8_lossy(&seen).contains("content-encoding: gzip\r\n"));
+}
+
+#[tokio::test]
+async fn d51_an_http2_client_that_never_opens_its_window_is_closed() {
+    let big = upstream_fn(|_req| async {
+        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![
+            b'x';
+            1 << 20
+        ])))
+    })
+    .await;
+    let gw = gateway(&format!(
+        r#"
+listeners:
+  - name: edge
+    address: "127.0.0.1:0"
+    timeouts: {{write_idle: 1s}}
+access_log: {{enabled: false}}
+upstreams:
+  big: {{endpoints: ["{}"]}}
+routes:
+  - {{name: big, match: {{prefix: /}}, upstream: big}}
+"#,
+        big.addr
+    ))
+    .await;
+    let active = || {
+        let text = gw.runtime().metrics.render();
+        text.lines()
+            .find(|l| l.starts_with("turnpike_connections_active "))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
+            .unwrap_or(-1)
+    };
+    let tcp = TcpStream::connect(gw.listener_addr("edge").unwrap())
+        .await
+        .unwrap();
+    let (mut tx, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .initial_stream_window_size(0)
+            .handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get("http://t/big")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // The body is never read and the window never opened: the gateway cannot send a
+    // byte of it, and closes the connection at the write timeout.
+    eventually(
+        Duration::from_secs(10),
+        "the stalled HTTP/2 connection is closed",
+        || async { (active() == 0).then_some(()) },
+    )
+    .await;
+    drop(resp);
+}
