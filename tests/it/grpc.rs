@@ -1,5 +1,5 @@
-//! gRPC passes through unchanged: a real tonic client calls a tonic-generated-style
-//! server through the gateway (HTTP/2 both sides), unary and server-streaming, with
+//! gRPC passes through unchanged: a tonic client calls a tonic server (tonic's transport,
+//! a service written the way tonic's code generator writes them) through the gateway (HTTP/2 both sides), unary and server-streaming, with
 //! errors carried in trailers (and trailers-only responses). Messages are prost structs
 //! written by hand, so no protoc is needed.
 
@@ -9,7 +9,6 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 use http::uri::PathAndQuery;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tonic::{Code, Request, Response, Status};
 use tonic_prost::ProstCodec;
 
@@ -33,77 +32,92 @@ struct EchoReply {
 
 type Replies = Pin<Box<dyn Stream<Item = Result<EchoReply, Status>> + Send>>;
 
-/// A gRPC server on hyper's HTTP/2: `/test.Echo/Unary`, `/test.Echo/Stream` (count
-/// replies, then a status with trailing metadata) and `/test.Echo/Fail` (trailers-only).
+/// The service: `/test.Echo/Unary`, `/test.Echo/Stream` (count replies, then a status
+/// with trailing metadata) and `/test.Echo/Fail` (trailers-only), dispatched the way
+/// tonic's generated servers do, through `tonic::server::Grpc`.
+#[derive(Clone)]
+struct EchoService;
+
+impl tonic::server::NamedService for EchoService {
+    const NAME: &'static str = "test.Echo";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for EchoService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(async move { Ok(dispatch(req).await) })
+    }
+}
+
+async fn dispatch(req: http::Request<tonic::body::Body>) -> http::Response<tonic::body::Body> {
+    let mut grpc = tonic::server::Grpc::new(ProstCodec::<EchoReply, EchoRequest>::default());
+    match req.uri().path() {
+        "/test.Echo/Unary" => {
+            let svc = tower::service_fn(|r: Request<EchoRequest>| async move {
+                let seen = r.metadata().get("x-request-id").is_some();
+                let m = r.into_inner();
+                let mut resp = Response::new(EchoReply {
+                    message: format!("echo: {}", m.message),
+                    index: 0,
+                });
+                resp.metadata_mut().insert(
+                    "x-saw-request-id",
+                    if seen { "yes" } else { "no" }.parse().unwrap(),
+                );
+                Ok::<_, Status>(resp)
+            });
+            grpc.unary(svc, req).await
+        }
+        "/test.Echo/Stream" => {
+            let svc = tower::service_fn(|r: Request<EchoRequest>| async move {
+                let m = r.into_inner();
+                let items: Vec<Result<EchoReply, Status>> = (0..m.count)
+                    .map(|i| {
+                        Ok(EchoReply {
+                            message: m.message.clone(),
+                            index: i,
+                        })
+                    })
+                    .chain(std::iter::once({
+                        let mut s = Status::resource_exhausted("no more");
+                        s.metadata_mut().insert("x-left", "0".parse().unwrap());
+                        Err(s)
+                    }))
+                    .collect();
+                let stream: Replies = Box::pin(futures_util::stream::iter(items));
+                Ok::<_, Status>(Response::new(stream))
+            });
+            grpc.server_streaming(svc, req).await
+        }
+        _ => {
+            let svc = tower::service_fn(|_r: Request<EchoRequest>| async move {
+                Err::<Response<EchoReply>, _>(Status::not_found("no such user"))
+            });
+            grpc.unary(svc, req).await
+        }
+    }
+}
+
+/// A tonic gRPC server (tonic's own transport) on a free port.
 async fn grpc_server() -> SocketAddr {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<hyper::body::Incoming>| async move {
-                        let mut grpc = tonic::server::Grpc::new(
-                            ProstCodec::<EchoReply, EchoRequest>::default(),
-                        );
-                        let resp = match req.uri().path() {
-                            "/test.Echo/Unary" => {
-                                let svc = tower::service_fn(|r: Request<EchoRequest>| async move {
-                                    let seen = r.metadata().get("x-request-id").is_some();
-                                    let m = r.into_inner();
-                                    let mut resp = Response::new(EchoReply {
-                                        message: format!("echo: {}", m.message),
-                                        index: 0,
-                                    });
-                                    resp.metadata_mut().insert(
-                                        "x-saw-request-id",
-                                        if seen { "yes" } else { "no" }.parse().unwrap(),
-                                    );
-                                    Ok::<_, Status>(resp)
-                                });
-                                grpc.unary(svc, req).await
-                            }
-                            "/test.Echo/Stream" => {
-                                let svc = tower::service_fn(|r: Request<EchoRequest>| async move {
-                                    let m = r.into_inner();
-                                    let items: Vec<Result<EchoReply, Status>> = (0..m.count)
-                                        .map(|i| {
-                                            Ok(EchoReply {
-                                                message: m.message.clone(),
-                                                index: i,
-                                            })
-                                        })
-                                        .chain(std::iter::once({
-                                            let mut s = Status::resource_exhausted("no more");
-                                            s.metadata_mut().insert("x-left", "0".parse().unwrap());
-                                            Err(s)
-                                        }))
-                                        .collect();
-                                    let stream: Replies =
-                                        Box::pin(futures_util::stream::iter(items));
-                                    Ok::<_, Status>(Response::new(stream))
-                                });
-                                grpc.server_streaming(svc, req).await
-                            }
-                            _ => {
-                                let svc =
-                                    tower::service_fn(|_r: Request<EchoRequest>| async move {
-                                        Err::<Response<EchoReply>, _>(Status::not_found(
-                                            "no such user",
-                                        ))
-                                    });
-                                grpc.unary(svc, req).await
-                            }
-                        };
-                        Ok::<_, Infallible>(resp)
-                    },
-                );
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(EchoService)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)),
+    );
     addr
 }
 
