@@ -11,6 +11,8 @@ use http::header::{HeaderMap, HeaderName};
 pub struct InternalHeaders {
     exact: Vec<HeaderName>,
     prefixes: Vec<String>,
+    /// Every name starts with `x-` (the defaults do): other headers are skipped at once.
+    all_x: bool,
 }
 
 impl InternalHeaders {
@@ -25,11 +27,16 @@ impl InternalHeaders {
                 out.exact.push(h);
             }
         }
+        out.all_x = out.exact.iter().all(|h| h.as_str().starts_with("x-"))
+            && out.prefixes.iter().all(|p| p.starts_with("x-"));
         out
     }
 
     /// Whether `name` is internal.
     pub fn matches(&self, name: &HeaderName) -> bool {
+        if self.all_x && !name.as_str().starts_with("x-") {
+            return false;
+        }
         self.exact.contains(name)
             || self
                 .prefixes
@@ -74,6 +81,15 @@ mod tests {
         let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
         assert_eq!(left, ["accept", "x-consumer"]);
+    }
+
+    #[test]
+    fn names_without_the_x_prefix_are_matched_too() {
+        let internal = InternalHeaders::new(&["x-a", "remote-user", "auth-*"]);
+        for name in ["x-a", "remote-user", "auth-id"] {
+            assert!(internal.matches(&HeaderName::from_static(name)), "{name}");
+        }
+        assert!(!internal.matches(&HeaderName::from_static("accept")));
     }
 
     #[test]
