@@ -34,14 +34,16 @@ impl InternalHeaders {
 
     /// Whether `name` is internal.
     pub fn matches(&self, name: &HeaderName) -> bool {
-        if self.all_x && !name.as_str().starts_with("x-") {
+        let text = name.as_str();
+        if text.contains('_') {
+            // CGI-style upstreams read `X_Consumer_Id` as `X-Consumer-Id`.
+            let dashed = text.replace('_', "-");
+            return HeaderName::from_bytes(dashed.as_bytes()).is_ok_and(|n| self.matches(&n));
+        }
+        if self.all_x && !text.starts_with("x-") {
             return false;
         }
-        self.exact.contains(name)
-            || self
-                .prefixes
-                .iter()
-                .any(|p| name.as_str().starts_with(p.as_str()))
+        self.exact.contains(name) || self.prefixes.iter().any(|p| text.starts_with(p.as_str()))
     }
 
     /// Removes every internal header from `headers`.
@@ -90,6 +92,9 @@ mod tests {
             assert!(internal.matches(&HeaderName::from_static(name)), "{name}");
         }
         assert!(!internal.matches(&HeaderName::from_static("accept")));
+        assert!(internal.matches(&HeaderName::from_static("remote_user")));
+        assert!(InternalHeaders::new(&["x-consumer-*"])
+            .matches(&HeaderName::from_static("x_consumer_id")));
     }
 
     #[test]

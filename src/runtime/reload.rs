@@ -32,22 +32,26 @@ pub fn on_sighup(runtime: &Arc<Runtime>) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The TLS files (certificates, keys, CAs, CRLs) the active snapshot read.
-fn tls_files(runtime: &Runtime) -> Vec<PathBuf> {
+/// The folders of the TLS files (certificates, keys, CAs, CRLs) the active snapshot
+/// read: each as configured and as resolved through symlinks, so that both a file
+/// replaced in place and a symlink swapped to a new target (certbot's `live/`,
+/// Kubernetes secret volumes) are seen.
+fn tls_folders(runtime: &Runtime) -> Vec<PathBuf> {
     let snap = runtime.snapshot();
-    let mut files: Vec<PathBuf> = snap
+    let mut folders: Vec<PathBuf> = snap
         .listeners
         .iter()
         .filter_map(|l| l.settings.tls.as_ref())
-        .flat_map(|t| {
-            t.files
-                .iter()
-                .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone()))
+        .flat_map(|t| t.files.iter())
+        .flat_map(|f| {
+            let real = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+            let raw = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            [folder(&raw), folder(&real)]
         })
         .collect();
-    files.sort();
-    files.dedup();
-    files
+    folders.sort();
+    folders.dedup();
+    folders
 }
 
 fn folder(path: &std::path::Path) -> PathBuf {
@@ -64,7 +68,7 @@ pub fn watch_file(runtime: &Arc<Runtime>) -> notify::Result<()> {
         return Ok(());
     };
     let path = std::fs::canonicalize(&path).unwrap_or(path);
-    let watched = Arc::new(std::sync::Mutex::new(tls_files(runtime)));
+    let watched = Arc::new(std::sync::Mutex::new(tls_folders(runtime)));
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let config_path = path.clone();
     let seen = watched.clone();
@@ -77,18 +81,23 @@ pub fn watch_file(runtime: &Arc<Runtime>) -> notify::Result<()> {
             a == b || (folder(a) == folder(b) && a.file_name() == b.file_name())
         };
         let config = event.paths.iter().any(|p| same(p, &config_path));
+        // Any change in a folder holding TLS files: certificate folders hold little
+        // else, and a reload that changes nothing is cheap.
         let tls = seen
             .lock()
-            .map(|files| event.paths.iter().any(|p| files.iter().any(|f| same(p, f))))
+            .map(|folders| {
+                event
+                    .paths
+                    .iter()
+                    .any(|p| folders.iter().any(|f| *f == folder(p)))
+            })
             .unwrap_or(false);
         if config || tls {
             let _ = tx.send(tls);
         }
     })?;
     let mut folders: Vec<PathBuf> = vec![folder(&path)];
-    for f in watched.lock().map(|f| f.clone()).unwrap_or_default() {
-        folders.push(folder(&f));
-    }
+    folders.extend(watched.lock().map(|f| f.clone()).unwrap_or_default());
     folders.sort();
     folders.dedup();
     for f in &folders {
@@ -120,16 +129,15 @@ pub fn watch_file(runtime: &Arc<Runtime>) -> notify::Result<()> {
             tracing::info!(path = %path.display(), "{what} changed: reloading");
             let _ = rt.reload().await;
             // The new configuration may name other TLS files.
-            let files = tls_files(&rt);
-            for f in &files {
-                let dir = folder(f);
-                if !folders.contains(&dir) {
-                    let _ = watcher.watch(&dir, RecursiveMode::NonRecursive);
-                    folders.push(dir);
+            let tls = tls_folders(&rt);
+            for dir in &tls {
+                if !folders.contains(dir) {
+                    let _ = watcher.watch(dir, RecursiveMode::NonRecursive);
+                    folders.push(dir.clone());
                 }
             }
             if let Ok(mut w) = watched.lock() {
-                *w = files;
+                *w = tls;
             }
         }
     });

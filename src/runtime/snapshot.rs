@@ -76,6 +76,12 @@ pub struct ListenerSettings {
     pub max_header_bytes: usize,
     /// The HTTP/1.1 + HTTP/2 connection settings.
     pub builder: Arc<auto::Builder<TokioExecutor>>,
+    /// The same, HTTP/1.1 only (TLS connections that chose `http/1.1` by ALPN).
+    pub builder_h1: hyper::server::conn::http1::Builder,
+    /// The same, HTTP/2 only (TLS connections that chose `h2` by ALPN).
+    pub builder_h2: Arc<auto::Builder<TokioExecutor>>,
+    /// Time for the first request head of a connection.
+    pub header_read: Duration,
 }
 
 /// A summary of one route, for `GET /routes` and `explain`.

@@ -14,7 +14,7 @@ use crate::http::forwarded;
 use crate::http::GatewayError;
 use crate::runtime::snapshot::ListenerSettings;
 use crate::targets::ProxySettings;
-use crate::tls::server::{ServerTls, TlsInfo};
+use crate::tls::server::TlsInfo;
 
 /// Checks `parts` and normalizes its path in place; returns the host the request is for.
 pub fn check(
@@ -115,24 +115,25 @@ fn check_host(parts: &Parts) -> Result<HeaderValue, GatewayError> {
 /// On a listener with client certificates, a request must be for the virtual host its
 /// connection was authenticated for: a client must not present a certificate to
 /// `a.example` (SNI) and then send requests for `b.example` (421, RFC 9110 §15.5.20).
-pub fn same_virtual_host(
-    server: &ServerTls,
-    info: &TlsInfo,
-    host: &HeaderValue,
-) -> Result<(), GatewayError> {
-    let Some(sni) = &info.sni else { return Ok(()) };
+pub fn same_virtual_host(info: &TlsInfo, host: &HeaderValue) -> Result<(), GatewayError> {
+    let server = &info.server;
     if !server.mtls {
         return Ok(());
     }
     let host = crate::router::normalize_host(host.to_str().unwrap_or(""));
-    if host.is_empty() || host.eq_ignore_ascii_case(sni) {
+    if info
+        .sni
+        .as_deref()
+        .is_some_and(|sni| host.eq_ignore_ascii_case(sni))
+    {
         return Ok(());
     }
-    if server.select(Some(&host)) == info.entry && server.select(Some(sni)) == info.entry {
-        // Both names belong to the same certificate entry, with the same client rules.
-        return Ok(());
+    // Without SNI the connection got the first entry: a Host of any other entry is
+    // refused too, or a client could skip that entry's certificate by leaving SNI out.
+    if host.is_empty() || server.select(Some(&host)) != info.entry {
+        return Err(GatewayError::Misdirected);
     }
-    Err(GatewayError::Misdirected)
+    Ok(())
 }
 
 /// `host[:port]` and nothing else: no user info, a numeric port.

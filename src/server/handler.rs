@@ -61,6 +61,16 @@ impl ConnStats {
         (idle < limit).then(|| limit - idle)
     }
 
+    /// Requests started on this connection.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Relaxed)
+    }
+
+    /// Time since the connection was accepted.
+    pub fn age(&self) -> Duration {
+        self.started.elapsed()
+    }
+
     fn touch(&self) {
         self.last_active_ms
             .store(self.started.elapsed().as_millis() as u64, Relaxed);
@@ -96,7 +106,11 @@ impl Drop for RequestGuard<'_> {
                 .metrics
                 .premature_resets
                 .fetch_add(1, Relaxed);
-            if resets >= 100 && resets * 2 >= stats.requests.load(Relaxed) {
+            if resets >= 100
+                && resets * 2 >= stats.requests.load(Relaxed)
+                && self.conn.signal.level() < super::signal::ABORT
+            {
+                tracing::warn!(peer = %self.conn.peer, resets, "closing a connection: most of its requests were reset by the client");
                 self.conn.signal.raise(super::signal::ABORT);
             }
         }
@@ -159,20 +173,17 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
     let settings = &snap.settings;
     settings.internal.strip(&mut parts.headers);
     if let Some(tls) = &conn.tls {
-        identity_header(&listener.settings, tls, &mut parts.headers);
+        identity_header(tls, &mut parts.headers);
     }
     let request_id = match parts.headers.get(&settings.request_id_header) {
         Some(v) if request_id::is_acceptable(v) => v.clone(),
         _ => request_id::generate(),
     };
-    let checked = checks::check(&listener.settings, settings, &mut parts).and_then(|host| {
-        match (&conn.tls, &listener.settings.tls) {
-            (Some(info), Some(server)) => {
-                checks::same_virtual_host(server, info, &host).map(|()| host)
-            }
-            _ => Ok(host),
-        }
-    });
+    let checked =
+        checks::check(&listener.settings, settings, &mut parts).and_then(|host| match &conn.tls {
+            Some(info) => checks::same_virtual_host(info, &host).map(|()| host),
+            None => Ok(host),
+        });
     let host = match &checked {
         Ok(h) => h.clone(),
         Err(_) => parts
@@ -295,20 +306,12 @@ fn request_body(
 
 /// Removes client-sent copies of the identity headers of this listener, then adds the
 /// verified identity where the certificate entry asks for it.
-fn identity_header(
-    listener: &ListenerSettings,
-    tls: &crate::tls::server::TlsInfo,
-    headers: &mut http::HeaderMap,
-) {
-    if let Some(server) = &listener.tls {
-        for name in &server.forward_headers {
-            headers.remove(name);
-        }
+fn identity_header(tls: &crate::tls::server::TlsInfo, headers: &mut http::HeaderMap) {
+    for name in &tls.server.forward_headers {
+        headers.remove(name);
     }
-    if let (Some(name), Some(id)) = (&tls.forward_header, &tls.client) {
-        if let Ok(v) = HeaderValue::from_str(&id.forwarded_value()) {
-            headers.insert(name.clone(), v);
-        }
+    if let (Some(name), Some(value)) = (&tls.forward_header, &tls.forward_value) {
+        headers.insert(name.clone(), value.clone());
     }
 }
 

@@ -15,7 +15,9 @@ pub mod normalize;
 pub mod signal;
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -51,6 +53,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// The HTTP/1.1-only connection settings of a listener, for TLS connections that chose
+/// `http/1.1` by ALPN (the same as [`http_builder`]'s HTTP/1.1 part).
+pub fn http1_builder(l: &crate::config::ListenerSpec) -> hyper::server::conn::http1::Builder {
+    let lim = &l.limits;
+    let head = (lim.max_header_bytes.0 as usize).max(8192);
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(l.timeouts.header_read.0)
+        .keep_alive(true)
+        .max_headers(lim.max_header_count)
+        .max_buf_size(head + lim.max_uri.0 as usize + 1024);
+    b
+}
+
 /// The HTTP/1.1 + HTTP/2 connection settings of a listener (limits, timeouts).
 pub fn http_builder(l: &crate::config::ListenerSpec) -> auto::Builder<TokioExecutor> {
     let lim = &l.limits;
@@ -78,6 +94,84 @@ pub fn http_builder(l: &crate::config::ListenerSpec) -> auto::Builder<TokioExecu
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10));
     b
+}
+
+/// Runs a served connection until it ends, the connection's signal closes it, or its
+/// periodic checks do.
+async fn drive<F, E>(
+    conn: &Conn,
+    settings: &ListenerSettings,
+    mut served: Pin<&mut F>,
+    drain: fn(Pin<&mut F>),
+) -> Result<(), E>
+where
+    F: Future<Output = Result<(), E>>,
+{
+    let first = settings
+        .keep_alive
+        .min(settings.write_idle)
+        .min(settings.header_read);
+    let idle = tokio::time::sleep(first);
+    tokio::pin!(idle);
+    let mut seen = 0;
+    loop {
+        tokio::select! {
+            biased;
+            r = served.as_mut() => return r,
+            level = conn.signal.above(seen) => {
+                seen = level;
+                drain(served.as_mut());
+                if level >= signal::ABORT {
+                    // GOAWAY first (RFC 9113 §5.4.1 asks for it), then a short grace
+                    // before the connection and its streams are dropped.
+                    let _ = tokio::time::timeout(ABUSE_GRACE, served.as_mut()).await;
+                    return Ok(());
+                }
+            }
+            () = &mut idle, if seen < signal::ABORT => {
+                let next = housekeeping(conn, settings, seen);
+                idle.as_mut().reset(tokio::time::Instant::now() + next);
+            }
+        }
+    }
+}
+
+/// The connection's periodic checks; returns when to run them next.
+///
+/// - no request yet after `header_read` (a partial HTTP/2 preface, a TLS client that
+///   says nothing after its handshake): closed;
+/// - HTTP/2 response bodies owed a poll for `write_idle` (the client opens no window):
+///   closed;
+/// - nothing in flight for `keep_alive`: drained (HTTP/2 GOAWAY).
+fn housekeeping(conn: &Conn, settings: &ListenerSettings, seen: u8) -> Duration {
+    let stalled = conn.progress.stalled_for();
+    let mut next = settings
+        .write_idle
+        .saturating_sub(stalled.unwrap_or_default())
+        .max(Duration::from_millis(50));
+    if stalled.is_some_and(|s| s >= settings.write_idle) {
+        tracing::info!(peer = %conn.peer, "closing a connection whose client stopped reading its responses");
+        conn.signal.raise(signal::ABORT);
+    } else if conn.stats.requests() == 0 {
+        let waited = conn.stats.age();
+        if waited >= settings.header_read {
+            tracing::debug!(peer = %conn.peer, "closing a connection that sent no request");
+            conn.signal.raise(signal::ABORT);
+        } else {
+            next = next.min(settings.header_read - waited);
+        }
+    } else if seen == 0 {
+        if conn.progress.open() > 0 {
+            // A response still streaming (HTTP/2) keeps the connection busy.
+            next = next.min(settings.keep_alive);
+        } else {
+            match conn.stats.idle_for(settings.keep_alive) {
+                None => conn.signal.raise(signal::GRACEFUL),
+                Some(left) => next = next.min(left),
+            }
+        }
+    }
+    next
 }
 
 /// What every accept loop shares with the gateway.
@@ -187,12 +281,8 @@ async fn serve(
             }
             Some(tls) => match tls.accept(stream, settings.handshake).await {
                 Ok((stream, info)) => {
-                    serve_http(
-                        TokioIo::new(stream),
-                        &conn("https", Some(Arc::new(info))),
-                        &settings,
-                    )
-                    .await;
+                    let io = io::WriteTimeout::new(TokioIo::new(stream), settings.write_idle);
+                    serve_http(io, &conn("https", Some(Arc::new(info))), &settings).await;
                 }
                 Err(e) => {
                     metrics.tls_handshake_errors.fetch_add(1, Relaxed);
@@ -215,45 +305,27 @@ where
             async move { Ok::<_, Infallible>(handler::handle(&conn, req).await) }
         })
     };
-    let served = settings.builder.serve_connection_with_upgrades(io, svc);
-    tokio::pin!(served);
-    let idle = tokio::time::sleep(settings.keep_alive.min(settings.write_idle));
-    tokio::pin!(idle);
-    let mut seen = 0;
-    let result = loop {
-        tokio::select! {
-            biased;
-            r = served.as_mut() => break r,
-            level = conn.signal.above(seen) => {
-                seen = level;
-                if level >= signal::ABORT {
-                    // GOAWAY first (RFC 9113 §5.4.1 asks for it), then a short grace
-                    // before the connection and its streams are dropped.
-                    tracing::warn!(peer = %conn.peer, "closing an abusive connection");
-                    served.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(ABUSE_GRACE, served.as_mut()).await;
-                    break Ok(());
-                }
-                served.as_mut().graceful_shutdown();
-            }
-            () = &mut idle, if seen == 0 => {
-                // HTTP/2: response bodies pending that hyper has not polled for
-                // `write_idle` are blocked on flow control: the client reads nothing.
-                let stalled = conn.progress.stalled_for();
-                if stalled.is_some_and(|s| s >= settings.write_idle) {
-                    tracing::info!(peer = %conn.peer, "closing a connection whose client stopped reading its responses");
-                    conn.signal.raise(signal::ABORT);
-                } else {
-                    match conn.stats.idle_for(settings.keep_alive) {
-                        None => conn.signal.raise(signal::GRACEFUL),
-                        Some(left) => {
-                            let check = settings.write_idle.saturating_sub(stalled.unwrap_or_default());
-                            let next = left.min(check.max(Duration::from_millis(50)));
-                            idle.as_mut().reset(tokio::time::Instant::now() + next);
-                        }
-                    }
-                }
-            }
+    // A protocol chosen by ALPN is the only one served on that connection.
+    let result = match conn.tls.as_ref().and_then(|t| t.alpn.as_deref()) {
+        Some(b"h2") => {
+            let served = settings.builder_h2.serve_connection(io, svc);
+            tokio::pin!(served);
+            drive(conn, settings, served, |c| c.graceful_shutdown()).await
+        }
+        Some(b"http/1.1") => {
+            let served = settings
+                .builder_h1
+                .serve_connection(io, svc)
+                .with_upgrades();
+            tokio::pin!(served);
+            drive(conn, settings, served, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
+        }
+        _ => {
+            let served = settings.builder.serve_connection_with_upgrades(io, svc);
+            tokio::pin!(served);
+            drive(conn, settings, served, |c| c.graceful_shutdown()).await
         }
     };
     if let Err(e) = result {

@@ -63,7 +63,9 @@ pub fn path<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, Refusa
     let mut prev = 0u8;
     for &b in bytes {
         match b {
-            b'%' | b'.' => needs_work = true,
+            b'%' => needs_work = true,
+            // Only a segment that starts with `.` can be a dot segment.
+            b'.' if prev == b'/' => needs_work = true,
             b'/' if prev == b'/' && rules.merge_slashes => needs_work = true,
             b'\\' => return Err("backslash in the path"),
             b';' if !rules.allow_semicolons => return Err("`;` in the path"),

@@ -147,10 +147,15 @@ impl Forward {
             HostHeader::Fixed(v) => v.clone(),
         };
         let path_and_query = self.path_and_query(ctx)?;
-        let h2 = cluster.protocol() == UpstreamProtocol::H2c && !upgrade;
+        let protocol = cluster.protocol();
+        let h2 = matches!(protocol, UpstreamProtocol::H2c | UpstreamProtocol::H2) && !upgrade;
         parts.uri = if h2 {
             Uri::builder()
-                .scheme("http")
+                .scheme(if protocol == UpstreamProtocol::H2 {
+                    "https"
+                } else {
+                    "http"
+                })
                 .authority(host.as_bytes())
                 .path_and_query(path_and_query)
                 .build()

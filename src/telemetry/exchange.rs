@@ -131,6 +131,7 @@ pub struct ObservedBody {
 pub struct StreamProgress {
     started: std::time::Instant,
     owed: AtomicU64,
+    open: AtomicU64,
     last_polled_ms: AtomicU64,
 }
 
@@ -139,6 +140,7 @@ impl Default for StreamProgress {
         Self {
             started: std::time::Instant::now(),
             owed: AtomicU64::new(0),
+            open: AtomicU64::new(0),
             last_polled_ms: AtomicU64::new(0),
         }
     }
@@ -148,6 +150,11 @@ impl StreamProgress {
     fn touch(&self) {
         self.last_polled_ms
             .store(self.started.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Response bodies still being sent.
+    pub fn open(&self) -> u64 {
+        self.open.load(Relaxed)
     }
 
     /// How long polls have been owed with none made; `None` when none is owed.
@@ -174,6 +181,7 @@ impl ObservedBody {
     /// Reports this body's progress to its connection (HTTP/2 responses).
     pub fn watched(mut self, progress: Arc<StreamProgress>) -> Self {
         progress.touch();
+        progress.open.fetch_add(1, Relaxed);
         self.progress = Some(progress);
         self.owe();
         self
@@ -201,7 +209,9 @@ impl ObservedBody {
             ex.finish(completed);
         }
         self.settle();
-        self.progress = None;
+        if let Some(p) = self.progress.take() {
+            p.open.fetch_sub(1, Relaxed);
+        }
     }
 }
 

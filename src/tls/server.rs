@@ -31,6 +31,15 @@ pub struct ServerTls {
     pub forward_headers: Vec<HeaderName>,
 }
 
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("entries", &self.entries.len())
+            .field("mtls", &self.mtls)
+            .finish_non_exhaustive()
+    }
+}
+
 struct Entry {
     names: Vec<String>,
     config: Arc<ServerConfig>,
@@ -52,6 +61,10 @@ pub struct TlsInfo {
     pub client: Option<Arc<ClientIdentity>>,
     /// Where to forward the identity, per the entry's `client_auth.forward_header`.
     pub forward_header: Option<HeaderName>,
+    /// The forwarded identity's value, made once per connection.
+    pub forward_value: Option<HeaderValue>,
+    /// The TLS settings the handshake used (a reload may have replaced the listener's).
+    pub server: Arc<ServerTls>,
 }
 
 /// A problem in a listener's `tls` block: the field under `tls` and the reason.
@@ -137,7 +150,7 @@ impl ServerTls {
     /// Reads the ClientHello, picks the entry for its SNI name and completes the
     /// handshake, all within `timeout`.
     pub async fn accept(
-        &self,
+        self: &Arc<Self>,
         stream: TcpStream,
         timeout: Duration,
     ) -> Result<(TlsStream<TcpStream>, TlsInfo), String> {
@@ -165,6 +178,10 @@ impl ServerTls {
                 Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
                 _ => "TLSv1.2",
             };
+            let forward_value = match (&e.forward_header, &client) {
+                (Some(_), Some(id)) => HeaderValue::from_str(&id.forwarded_value()).ok(),
+                _ => None,
+            };
             let info = TlsInfo {
                 sni,
                 entry,
@@ -172,6 +189,8 @@ impl ServerTls {
                 version,
                 client,
                 forward_header: e.forward_header.clone(),
+                forward_value,
+                server: self.clone(),
             };
             Ok((tls, info))
         };

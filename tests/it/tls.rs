@@ -190,7 +190,7 @@ async fn tls_gateway(
 listeners:
   - name: tls
     address: "127.0.0.1:0"
-    timeouts: {{handshake: 1s, first_byte: 1s}}
+    timeouts: {{handshake: 1s, first_byte: 1s, header_read: 1s}}
     tls:
       {tls_block}
     {listener_extra}
@@ -245,6 +245,22 @@ async fn sni_picks_the_certificate_and_alpn_picks_the_protocol() {
         turnpike::tls::identity::dns_names(&presented(&tls)),
         ["*.b.test"]
     );
+
+    // ALPN chose http/1.1: HTTP/2 is not served on that connection.
+    let tls = handshake(addr, client_config(&pki, &["http/1.1"], None), "a.test")
+        .await
+        .unwrap();
+    let h2 = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await;
+    if let Ok((mut tx, conn)) = h2 {
+        tokio::spawn(conn);
+        let req = http::Request::get("https://a.test/h2")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        assert!(
+            tx.send_request(req).await.is_err(),
+            "HTTP/2 served after ALPN chose http/1.1"
+        );
+    }
 
     // An unknown name gets the first (default) certificate, which the client rejects.
     assert!(handshake(addr, cfg, "other.test").await.is_err());
@@ -449,6 +465,34 @@ async fn mtls_required_checks_the_chain_and_the_crl_and_forwards_the_identity() 
     let tls = handshake(addr, cfg, "a.test").await.unwrap();
     let resp = get_over(tls, "a2.test", "/x", "").await.unwrap();
     assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+}
+
+#[tokio::test]
+async fn without_sni_a_client_cannot_reach_the_mtls_virtual_host() {
+    let pki = Pki::new("nosni");
+    let up = echo("u").await;
+    pki.issue("www", "www.test", &["www.test", "127.0.0.1"], 10, false);
+    pki.issue("adm", "admin.test", &["admin.test"], 11, false);
+    let block = format!(
+        "certificates:
+        - {{cert: {w}.pem, key: {w}.key, hosts: [www.test]}}
+        - {{cert: {a}.pem, key: {a}.key, hosts: [admin.test], client_auth: {{ca: {ca}}}}}",
+        w = pki.path("www"),
+        a = pki.path("adm"),
+        ca = pki.path("ca.pem"),
+    );
+    let gw = tls_gateway(&pki, &up, &block, "").await;
+    let addr = gw.listener_addr("tls").unwrap();
+    // Connecting by IP address sends no SNI: the first entry answers, without asking
+    // for a certificate; a request for the mTLS host on that connection is 421.
+    let cfg = client_config(&pki, &["http/1.1"], None);
+    let tls = handshake(addr, cfg.clone(), "127.0.0.1").await.unwrap();
+    let resp = get_over(tls, "admin.test", "/x", "").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 421 "), "{resp}");
+    let tls = handshake(addr, cfg, "127.0.0.1").await.unwrap();
+    let resp = get_over(tls, "www.test", "/x", "").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    assert_eq!(up.hits(), 1);
 }
 
 #[tokio::test]
@@ -723,6 +767,8 @@ async fn upstream_tls_verifies_and_speaks_h1_or_h2() {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
     assert_eq!(r.echo().version, "HTTP/2.0");
+    // :scheme https and :authority set, as for any HTTP/2 request over TLS.
+    assert_eq!(r.echo().uri, "https://client.example/via");
 
     // G89: a wrong name, an unknown CA (system roots), plaintext on a TLS port: 502,
     // never a fallback.
