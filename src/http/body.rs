@@ -143,6 +143,7 @@ pub struct StreamBody {
     lease: Option<Lease>,
     limit: Option<u64>,
     seen: u64,
+    internal: Option<Arc<crate::http::internal::InternalHeaders>>,
 }
 
 impl StreamBody {
@@ -156,6 +157,7 @@ impl StreamBody {
             lease: None,
             limit: None,
             seen: 0,
+            internal: None,
         }
     }
 
@@ -167,6 +169,11 @@ impl StreamBody {
     /// Changes the idle timeout (a route's own `timeouts.idle`).
     pub fn set_idle(&mut self, idle: Duration) {
         self.idle = idle;
+    }
+
+    /// Removes these internal headers from the client's trailers too.
+    pub fn strip_from_trailers(&mut self, internal: Arc<crate::http::internal::InternalHeaders>) {
+        self.internal = Some(internal);
     }
 
     /// Fails the stream once more than `limit` data bytes were read.
@@ -215,6 +222,9 @@ impl StreamBody {
                 if let Some(trailers) = frame.trailers_mut() {
                     if self.side == Side::Downstream {
                         sanitize_trailers(trailers);
+                        if let Some(internal) = &self.internal {
+                            internal.strip(trailers);
+                        }
                     }
                 }
                 if let Err(e) = self.progressed(len) {

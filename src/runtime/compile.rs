@@ -211,7 +211,9 @@ pub fn proxy_settings(spec: &GatewaySpec) -> ProxySettings {
         max_hops: s.max_hops,
         request_id_header: HeaderName::from_bytes(s.request_id_header.as_bytes())
             .unwrap_or(HeaderName::from_static("x-request-id")),
-        internal: crate::http::internal::InternalHeaders::new(&s.internal_headers),
+        internal: Arc::new(crate::http::internal::InternalHeaders::new(
+            &s.internal_headers,
+        )),
     }
 }
 

@@ -193,7 +193,12 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
             .unwrap_or(HeaderValue::from_static("")),
     };
     let peer_ip = forwarded::canonical(conn.peer.ip());
-    let (bytes_in, length, body) = request_body(&listener.settings, &mut parts.headers, incoming);
+    let (bytes_in, length, body) = request_body(
+        &listener.settings,
+        &settings.internal,
+        &mut parts.headers,
+        incoming,
+    );
     let had_body = !matches!(body, Body::Empty);
     let user_agent = parts.headers.get(USER_AGENT).cloned();
     let mut ctx = RequestCtx {
@@ -273,6 +278,7 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
 
 fn request_body(
     listener: &ListenerSettings,
+    internal: &Arc<crate::http::internal::InternalHeaders>,
     headers: &mut http::HeaderMap,
     incoming: Incoming,
 ) -> (BytesIn, Option<u64>, Body) {
@@ -280,6 +286,9 @@ fn request_body(
         return (BytesIn::Known(0), Some(0), Body::Empty);
     }
     let mut body = Body::stream(incoming, Side::Downstream, listener.body_idle);
+    if let Some(s) = body.as_stream_mut() {
+        s.strip_from_trailers(internal.clone());
+    }
     let declared = headers.get(CONTENT_LENGTH);
     let length = declared
         .and_then(|v| v.to_str().ok())

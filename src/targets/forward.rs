@@ -42,7 +42,7 @@ pub struct ProxySettings {
     /// The correlation-id header.
     pub request_id_header: HeaderName,
     /// Headers removed from every client request.
-    pub internal: crate::http::internal::InternalHeaders,
+    pub internal: Arc<crate::http::internal::InternalHeaders>,
 }
 
 /// The resolved timeouts of calls from one route to one upstream.
