@@ -139,7 +139,14 @@ pub struct Conn {
     pub tls: Option<Arc<crate::tls::server::TlsInfo>>,
     /// Whether the client takes its HTTP/2 response bodies.
     pub progress: Arc<crate::telemetry::exchange::StreamProgress>,
+    /// The listener's connection slot this connection holds (a WebSocket tunnel it
+    /// becomes holds it too, so tunnels count towards `max_connections`).
+    pub slot: super::OpenGuard,
 }
+
+/// Held by a WebSocket tunnel for as long as it lives: its client connection's slot.
+#[derive(Clone)]
+pub struct ConnectionSlot(pub super::OpenGuard);
 
 /// Lowers the in-flight gauge when the request is over, however it ends.
 pub struct InFlightRequest(Arc<Metrics>);
@@ -225,6 +232,9 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         stats: None,
         extensions: http::Extensions::new(),
     };
+    if ctx.websocket {
+        ctx.extensions.insert(ConnectionSlot(conn.slot.clone()));
+    }
     let req = Request::from_parts(parts, body);
     let checks_failed = checked.is_err();
     let mut resp = match checked {

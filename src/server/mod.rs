@@ -217,12 +217,13 @@ pub async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         open.count.fetch_add(1, Relaxed);
-        let guard = OpenGuard(open.clone());
+        let guard = OpenGuard {
+            _slot: Arc::new(OpenSlot(open.clone())),
+        };
         let shared = shared.clone();
         let name = name.clone();
         shared.tracker.clone().spawn(async move {
-            let _guard = guard;
-            serve(stream, peer, &shared, index, name, settings).await;
+            serve(stream, peer, &shared, index, name, settings, guard).await;
         });
     }
 }
@@ -234,9 +235,16 @@ struct OpenCount {
     freed: tokio::sync::Notify,
 }
 
-struct OpenGuard(Arc<OpenCount>);
+/// One of a listener's open-connection slots, freed when the last holder (the
+/// connection, or a WebSocket tunnel it became) lets go.
+#[derive(Clone)]
+pub struct OpenGuard {
+    _slot: Arc<OpenSlot>,
+}
 
-impl Drop for OpenGuard {
+struct OpenSlot(Arc<OpenCount>);
+
+impl Drop for OpenSlot {
     fn drop(&mut self) {
         self.0.count.fetch_sub(1, Relaxed);
         self.0.freed.notify_one();
@@ -251,6 +259,7 @@ async fn serve(
     index: usize,
     name: Arc<str>,
     settings: Arc<ListenerSettings>,
+    slot: OpenGuard,
 ) {
     let metrics = shared.runtime.metrics.clone();
     metrics.connections_total.fetch_add(1, Relaxed);
@@ -272,6 +281,7 @@ async fn serve(
                 stats: ConnStats::default(),
                 tls,
                 progress: Default::default(),
+                slot: slot.clone(),
             })
         };
         match &settings.tls {

@@ -206,7 +206,10 @@ impl Forward {
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 let upstream = hyper::upgrade::on(&mut resp);
-                super::tunnel::spawn(client, upstream, to.timeouts.idle, in_flight);
+                let slot = ctx
+                    .extensions
+                    .remove::<crate::server::handler::ConnectionSlot>();
+                super::tunnel::spawn(client, upstream, to.timeouts.idle, (in_flight, slot));
                 let (parts, _) = resp.into_parts();
                 return Ok(http::Response::from_parts(parts, Body::Empty));
             }

@@ -14,10 +14,16 @@ use tokio::time::Instant;
 
 use crate::upstream::InFlight;
 
-/// Starts the tunnel in the background; `in_flight` is held until it closes.
-pub fn spawn(client: OnUpgrade, upstream: OnUpgrade, idle: Duration, in_flight: InFlight) {
+/// Starts the tunnel in the background; `held` (the upstream's in-flight count and the
+/// client connection's slot) is kept until it closes.
+pub fn spawn(
+    client: OnUpgrade,
+    upstream: OnUpgrade,
+    idle: Duration,
+    held: (InFlight, Option<crate::server::handler::ConnectionSlot>),
+) {
     tokio::spawn(async move {
-        let _in_flight = in_flight;
+        let _held = held;
         let (client, upstream) = match tokio::join!(client, upstream) {
             (Ok(c), Ok(u)) => (c, u),
             (c, u) => {

@@ -424,3 +424,53 @@ async fn clients_cannot_strip_headers_that_policies_add() {
     assert_eq!(e.header("x-forwarded-for"), Some("127.0.0.1"));
     assert_eq!(e.header("via"), Some("1.1 turnpike"));
 }
+
+#[tokio::test]
+async fn websocket_tunnels_hold_their_connection_slot() {
+    // E63 with tunnels: a connection that became a WebSocket tunnel still counts towards
+    // max_connections, so tunnels cannot exceed the cap.
+    let up = websocket_upstream().await;
+    let gw = gateway(&format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:0", limits: {{max_connections: 1}}, timeouts: {{first_byte: 1s}}}}]
+access_log: {{enabled: false}}
+upstreams:
+  ws: {{endpoints: ["{addr}"]}}
+routes:
+  - {{name: chat, match: {{path: /chat}}, websocket: true, upstream: ws}}
+"#,
+        addr = up.addr
+    ))
+    .await;
+    let addr = gw.listener_addr("public").unwrap();
+    let mut tunnel = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tunnel.write_all(HANDSHAKE).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), tunnel.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 101"));
+    // The only slot is the tunnel's: a second client waits in the backlog, unserved.
+    let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+    second
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(1500), second.read(&mut buf)).await;
+    assert!(
+        waited.is_err(),
+        "served past the connection cap while a tunnel was open"
+    );
+    // When the tunnel closes, its slot frees and the waiting client is served.
+    drop(tunnel);
+    let n = tokio::time::timeout(Duration::from_secs(5), second.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 "),
+        "{}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
