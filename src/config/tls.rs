@@ -13,12 +13,12 @@ pub struct ListenerTlsSpec {
     /// Certificates, chosen by the SNI name the client sends. The first one is the
     /// default (no SNI, or a name no certificate covers).
     pub certificates: Vec<CertificateSpec>,
-    /// The oldest protocol version offered: `"1.2"` (default) or `"1.3"`.
-    #[serde(default = "default_min_version")]
-    pub min_version: String,
+    /// The oldest protocol version offered.
+    #[serde(default)]
+    pub min_version: TlsVersion,
     /// ALPN protocols offered, in order of preference.
     #[serde(default = "default_alpn")]
-    pub alpn: Vec<String>,
+    pub alpn: Vec<Alpn>,
     /// Client certificates (mTLS) for every name of this listener; a certificate entry
     /// can set its own.
     #[serde(default)]
@@ -28,12 +28,41 @@ pub struct ListenerTlsSpec {
     pub hsts: Option<HstsSpec>,
 }
 
-fn default_min_version() -> String {
-    "1.2".into()
+fn default_alpn() -> Vec<Alpn> {
+    vec![Alpn::H2, Alpn::Http11]
 }
 
-fn default_alpn() -> Vec<String> {
-    vec!["h2".into(), "http/1.1".into()]
+/// A TLS version (nothing older than 1.2 exists here).
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2 (and 1.3).
+    #[default]
+    #[serde(rename = "1.2")]
+    Tls12,
+    /// TLS 1.3 only.
+    #[serde(rename = "1.3")]
+    Tls13,
+}
+
+/// An ALPN protocol the gateway serves.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+pub enum Alpn {
+    /// HTTP/2.
+    #[serde(rename = "h2")]
+    H2,
+    /// HTTP/1.1.
+    #[serde(rename = "http/1.1")]
+    Http11,
+}
+
+impl Alpn {
+    /// The protocol id sent in the handshake.
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http11 => b"http/1.1",
+        }
+    }
 }
 
 /// One certificate chain and its key.

@@ -351,25 +351,11 @@ fn check_listener_tls(path: &str, l: &crate::config::ListenerSpec, p: &mut Probl
             "at least one certificate is needed",
         );
     }
-    if !matches!(tls.min_version.as_str(), "1.2" | "1.3") {
-        p.push(
-            format!("{path}.min_version"),
-            "must be \"1.2\" or \"1.3\" (nothing older is offered)",
-        );
-    }
     if tls.alpn.is_empty() {
         p.push(
             format!("{path}.alpn"),
             "at least one protocol: h2, http/1.1",
         );
-    }
-    for (i, proto) in tls.alpn.iter().enumerate() {
-        if !matches!(proto.as_str(), "h2" | "http/1.1") {
-            p.push(
-                format!("{path}.alpn[{i}]"),
-                format!("`{proto}` is not h2 or http/1.1"),
-            );
-        }
     }
     if let Some(a) = &tls.client_auth {
         check_client_auth(&format!("{path}.client_auth"), a, p);

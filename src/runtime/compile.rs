@@ -121,7 +121,6 @@ pub fn listener_settings(
         max_uri: lim.max_uri.0 as usize,
         max_header_count: lim.max_header_count,
         max_header_line: lim.max_header_line.0 as usize,
-        max_body: lim.max_body.0,
         max_connections: lim.max_connections,
         max_requests_per_connection: lim.max_requests_per_connection as u64,
         underscores: l.http.underscores_in_headers,

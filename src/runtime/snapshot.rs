@@ -48,8 +48,6 @@ pub struct ListenerSettings {
     pub max_header_count: usize,
     /// Longest header line.
     pub max_header_line: usize,
-    /// Default body limit of its routes.
-    pub max_body: u64,
     /// Open connections at most.
     pub max_connections: usize,
     /// Requests per connection at most.

@@ -5,7 +5,7 @@
 
 use http::header::{HeaderName, HeaderValue, HOST};
 use http::request::Parts;
-use http::uri::{Authority, PathAndQuery, Uri};
+use http::uri::{PathAndQuery, Uri};
 use http::{Method, Version};
 
 use super::normalize;
@@ -103,11 +103,8 @@ fn check_host(parts: &Parts) -> Result<HeaderValue, GatewayError> {
         }
         (None, None) => HeaderValue::from_static(""),
     };
-    if !host.is_empty() {
-        let valid = Authority::try_from(host.as_bytes()).is_ok_and(|a| valid_authority(&a));
-        if !valid {
-            return Err(GatewayError::BadRequest("invalid Host header"));
-        }
+    if !host.is_empty() && !valid_host(host.as_bytes()) {
+        return Err(GatewayError::BadRequest("invalid Host header"));
     }
     Ok(host)
 }
@@ -136,21 +133,40 @@ pub fn same_virtual_host(info: &TlsInfo, host: &HeaderValue) -> Result<(), Gatew
     Ok(())
 }
 
-/// `host[:port]` and nothing else: no user info, a numeric port.
-fn valid_authority(a: &Authority) -> bool {
-    let text = a.as_str();
-    if text.contains('@') || a.host().is_empty() {
+/// `host[:port]` and nothing else: a reg-name (RFC 3986 unreserved, sub-delims and
+/// `%`) or a bracketed IPv6 literal, then an optional numeric port; no user info. A byte
+/// scan, run on every request, so nothing is copied.
+fn valid_host(h: &[u8]) -> bool {
+    let (host, rest) = if h.first() == Some(&b'[') {
+        let Some(end) = h.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let literal = &h[1..end];
+        let ok = !literal.is_empty()
+            && literal
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.');
+        (if ok { &h[..=end] } else { &h[..0] }, &h[end + 1..])
+    } else {
+        match h.iter().position(|&b| b == b':') {
+            Some(i) => (&h[..i], &h[i..]),
+            None => (h, &h[h.len()..]),
+        }
+    };
+    let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=%".contains(b);
+    if host.is_empty() || (host[0] != b'[' && !host.iter().all(reg_name)) {
         return false;
     }
-    let port = match text.rfind(':') {
-        // `[::1]` has colons inside the brackets, not a port.
-        Some(i) if !text[i..].contains(']') => &text[i + 1..],
-        _ => return true,
-    };
-    !port.is_empty()
-        && port.len() <= 5
-        && port.bytes().all(|b| b.is_ascii_digit())
-        && port.parse::<u16>().is_ok()
+    match rest {
+        [] => true,
+        [b':', port @ ..] => {
+            !port.is_empty()
+                && port.len() <= 5
+                && port.iter().all(u8::is_ascii_digit)
+                && port.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+        }
+        _ => false,
+    }
 }
 
 fn normalize_target(listener: &ListenerSettings, parts: &mut Parts) -> Result<(), GatewayError> {
@@ -176,4 +192,31 @@ fn normalize_target(listener: &ListenerSettings, parts: &mut Parts) -> Result<()
             .map_err(|_| GatewayError::BadRequest("invalid request target"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_host;
+
+    #[test]
+    fn hosts_are_names_or_ip_literals_with_numeric_ports() {
+        for ok in [
+            "t",
+            "api.example.com",
+            "a-b.c:8080",
+            "127.0.0.1:1",
+            "[::1]",
+            "[::1]:443",
+            "x:65535",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(valid_host(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "", "a b", "user@t", "t:port", "t:99999", "t:65536", "t:", "[::1", "[]", "[zz]", ":80",
+            "t:80:80", "[::1]x", "t/x", "t\\x",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
+    }
 }

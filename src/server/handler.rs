@@ -144,10 +144,6 @@ pub struct Conn {
     pub slot: super::OpenGuard,
 }
 
-/// Held by a WebSocket tunnel for as long as it lives: its client connection's slot.
-#[derive(Clone)]
-pub struct ConnectionSlot(pub super::OpenGuard);
-
 /// Lowers the in-flight gauge when the request is over, however it ends.
 pub struct InFlightRequest(Arc<Metrics>);
 
@@ -233,7 +229,8 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         extensions: http::Extensions::new(),
     };
     if ctx.websocket {
-        ctx.extensions.insert(ConnectionSlot(conn.slot.clone()));
+        // A tunnel made of this connection holds its slot (see targets::tunnel).
+        ctx.extensions.insert(conn.slot.clone());
     }
     let req = Request::from_parts(parts, body);
     let checks_failed = checked.is_err();
@@ -252,11 +249,10 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
     }
     let http1 = ctx.version != Version::HTTP_2;
     let at_cap = nth >= listener.settings.max_requests_per_connection;
-    // A body the gateway answered without reading must not be parsed as the next
-    // request: close the connection after this response (HTTP/1.x).
-    // So must a connection whose request was refused before routing (its framing may be
-    // what was wrong), or whose body the gateway gave up on (too large, too slow,
-    // malformed): the rest of that body is unread.
+    // HTTP/1.x: close after this response when bytes of the client's may still be
+    // unread, so that they are never parsed as the next request: a body answered without
+    // reading it, a body given up on (too large, too slow, malformed), or a request
+    // refused before routing (its framing may be what was wrong).
     let refused = checks_failed || (had_body && ctx.error.is_some());
     if http1 && (at_cap || refused || (had_body && ctx.upstream_time.is_none())) {
         headers.insert(CONNECTION, HeaderValue::from_static("close"));

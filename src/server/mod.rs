@@ -53,42 +53,48 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// Applies a listener's HTTP/1.1 settings to hyper's HTTP/1 builder, or to the HTTP/1
+/// half of hyper-util's auto builder (the two have the same methods, not a common type).
+macro_rules! http1_settings {
+    ($b:expr, $l:expr) => {{
+        let lim = &$l.limits;
+        $b.timer(TokioTimer::new())
+            .header_read_timeout($l.timeouts.header_read.0)
+            .keep_alive(true)
+            .max_headers(lim.max_header_count)
+            // hyper answers 431 itself once a head outgrows its read buffer. Leave room
+            // for the longest allowed target on top of the header block, so that a long
+            // URI gets its 414 and a large header block its 431 from our own checks,
+            // which count both exactly.
+            .max_buf_size(head_limit($l) + lim.max_uri.0 as usize + 1024);
+    }};
+}
+
+/// The request head limit given to hyper (HTTP/1 buffer, HTTP/2 header list).
+fn head_limit(l: &crate::config::ListenerSpec) -> usize {
+    (l.limits.max_header_bytes.0 as usize).max(8192)
+}
+
 /// The HTTP/1.1-only connection settings of a listener, for TLS connections that chose
-/// `http/1.1` by ALPN (the same as [`http_builder`]'s HTTP/1.1 part).
+/// `http/1.1` by ALPN.
 pub fn http1_builder(l: &crate::config::ListenerSpec) -> hyper::server::conn::http1::Builder {
-    let lim = &l.limits;
-    let head = (lim.max_header_bytes.0 as usize).max(8192);
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(l.timeouts.header_read.0)
-        .keep_alive(true)
-        .max_headers(lim.max_header_count)
-        .max_buf_size(head + lim.max_uri.0 as usize + 1024);
+    http1_settings!(b, l);
     b
 }
 
 /// The HTTP/1.1 + HTTP/2 connection settings of a listener (limits, timeouts).
 pub fn http_builder(l: &crate::config::ListenerSpec) -> auto::Builder<TokioExecutor> {
     let lim = &l.limits;
-    let head = (lim.max_header_bytes.0 as usize).max(8192);
-    // hyper answers 431 itself once a head outgrows its read buffer. Leave room for the
-    // longest allowed target on top of the header block, so that a long URI gets its
-    // 414 and a large header block its 431 from our own checks, which count both exactly.
-    let buffer = head + lim.max_uri.0 as usize + 1024;
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(l.timeouts.header_read.0)
-        .keep_alive(true)
-        .max_headers(lim.max_header_count)
-        .max_buf_size(buffer);
+    http1_settings!(b.http1(), l);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(lim.h2_max_concurrent_streams)
         .initial_stream_window_size(lim.h2_stream_window.0 as u32)
         .initial_connection_window_size(lim.h2_connection_window.0 as u32)
         .max_send_buf_size(lim.h2_max_send_buffer.0 as usize)
-        .max_header_list_size(head as u32)
+        .max_header_list_size(head_limit(l) as u32)
         .max_pending_accept_reset_streams(50)
         .max_local_error_reset_streams(1024)
         .keep_alive_interval(Duration::from_secs(30))

@@ -206,9 +206,7 @@ impl Forward {
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
                 let upstream = hyper::upgrade::on(&mut resp);
-                let slot = ctx
-                    .extensions
-                    .remove::<crate::server::handler::ConnectionSlot>();
+                let slot = ctx.extensions.remove::<crate::server::OpenGuard>();
                 super::tunnel::spawn(client, upstream, to.timeouts.idle, (in_flight, slot));
                 let (parts, _) = resp.into_parts();
                 return Ok(http::Response::from_parts(parts, Body::Empty));

@@ -20,7 +20,7 @@ pub fn spawn(
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,
-    held: (InFlight, Option<crate::server::handler::ConnectionSlot>),
+    held: (InFlight, Option<crate::server::OpenGuard>),
 ) {
     tokio::spawn(async move {
         let _held = held;

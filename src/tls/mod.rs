@@ -46,16 +46,21 @@ pub fn resolve(base: Option<&Path>, path: &str) -> PathBuf {
     }
 }
 
-/// Every certificate in a PEM file (at least one).
-pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
+/// Every item of one kind in a PEM file (at least one); `what` names the kind.
+fn load_all<T: PemObject>(path: &Path, what: &str) -> Result<Vec<T>, String> {
+    let items = T::pem_file_iter(path)
         .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("`{}` is not a PEM certificate file: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("`{}` holds no certificate", path.display()));
+        .map_err(|e| format!("`{}` is not a PEM {what} file: {e}", path.display()))?;
+    if items.is_empty() {
+        return Err(format!("`{}` holds no {what}", path.display()));
     }
-    Ok(certs)
+    Ok(items)
+}
+
+/// Every certificate in a PEM file (at least one).
+pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    load_all(path, "certificate")
 }
 
 /// The private key in a PEM file.
@@ -64,16 +69,9 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, String> {
         .map_err(|e| format!("cannot read a private key from `{}`: {e}", path.display()))
 }
 
-/// Every CRL in a PEM file.
+/// Every CRL in a PEM file (at least one).
 pub fn load_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, String> {
-    let crls = CertificateRevocationListDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("`{}` is not a PEM CRL file: {e}", path.display()))?;
-    if crls.is_empty() {
-        return Err(format!("`{}` holds no CRL", path.display()));
-    }
-    Ok(crls)
+    load_all(path, "CRL")
 }
 
 /// A root store from a PEM bundle.

@@ -15,7 +15,7 @@ use tokio_rustls::LazyConfigAcceptor;
 
 use super::identity::{dns_names, ClientIdentity};
 use super::{host_matches, load_certs, load_crls, load_key, load_roots, provider, resolve};
-use crate::config::{ClientAuthMode, ClientAuthSpec, ListenerTlsSpec};
+use crate::config::{ClientAuthMode, ClientAuthSpec, ListenerTlsSpec, TlsVersion};
 
 /// A listener's compiled TLS settings.
 pub struct ServerTls {
@@ -114,11 +114,12 @@ impl ServerTls {
         });
         files.sort();
         files.dedup();
-        let mut forward_headers: Vec<HeaderName> = entries
-            .iter()
-            .filter_map(|e| e.forward_header.clone())
-            .collect();
-        forward_headers.dedup();
+        let mut forward_headers: Vec<HeaderName> = Vec::new();
+        for name in entries.iter().filter_map(|e| e.forward_header.as_ref()) {
+            if !forward_headers.contains(name) {
+                forward_headers.push(name.clone());
+            }
+        }
         Ok(Self {
             entries,
             hsts,
@@ -225,7 +226,7 @@ fn build_entry(
     } else {
         c.hosts.clone()
     };
-    let versions: &[&rustls::SupportedProtocolVersion] = if spec.min_version == "1.3" {
+    let versions: &[&rustls::SupportedProtocolVersion] = if spec.min_version == TlsVersion::Tls13 {
         &[&rustls::version::TLS13]
     } else {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
@@ -267,7 +268,7 @@ fn build_entry(
     let mut config = builder
         .with_single_cert(chain, key)
         .map_err(|e| (Part::Key, format!("does not fit the certificate: {e}")))?;
-    config.alpn_protocols = spec.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config.alpn_protocols = spec.alpn.iter().map(|p| p.id().to_vec()).collect();
     Ok(Entry {
         names,
         config: Arc::new(config),

@@ -868,12 +868,13 @@ async fn e67_a_connection_closes_after_its_request_cap() {
     assert_eq!(e.cap.requests(), 5);
 }
 
-#[tokio::test]
-async fn e62_a_client_that_stops_reading_is_closed_at_the_write_timeout() {
-    let big = upstream_fn(|_req| async {
+/// A gateway on one listener (`edge`, with `timeouts`) in front of an upstream that
+/// answers every request with `size` bytes.
+async fn big_body_gateway(size: usize, timeouts: &str) -> (Upstream, turnpike::Gateway) {
+    let big = upstream_fn(move |_req| async move {
         http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![
             b'x';
-            32 << 20
+            size
         ])))
     })
     .await;
@@ -882,7 +883,7 @@ async fn e62_a_client_that_stops_reading_is_closed_at_the_write_timeout() {
 listeners:
   - name: edge
     address: "127.0.0.1:0"
-    timeouts: {{write_idle: 1s}}
+    timeouts: {{{timeouts}}}
 access_log: {{enabled: false}}
 upstreams:
   big: {{endpoints: ["{}"]}}
@@ -892,13 +893,33 @@ routes:
         big.addr
     ))
     .await;
-    let active = || {
-        let text = gw.runtime().metrics.render();
-        text.lines()
-            .find(|l| l.starts_with("turnpike_connections_active "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-            .unwrap_or(-1)
-    };
+    (big, gw)
+}
+
+fn active_connections(gw: &turnpike::Gateway) -> i64 {
+    metric_value(gw, "turnpike_connections_active").unwrap_or(-1)
+}
+
+/// An HTTP/2 (h2c) connection to the `edge` listener, with the given stream window.
+async fn h2_client(
+    gw: &turnpike::Gateway,
+    window: u32,
+) -> hyper::client::conn::http2::SendRequest<http_body_util::Empty<bytes::Bytes>> {
+    let tcp = TcpStream::connect(gw.listener_addr("edge").unwrap())
+        .await
+        .unwrap();
+    let (tx, conn) = hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+        .initial_stream_window_size(window)
+        .handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    tx
+}
+
+#[tokio::test]
+async fn e62_a_client_that_stops_reading_is_closed_at_the_write_timeout() {
+    let (_big, gw) = big_body_gateway(32 << 20, "write_idle: 1s").await;
     let mut s = TcpStream::connect(gw.listener_addr("edge").unwrap())
         .await
         .unwrap();
@@ -906,7 +927,7 @@ routes:
         .await
         .unwrap();
     eventually(Duration::from_secs(5), "the connection is open", || async {
-        (active() == 1).then_some(())
+        (active_connections(&gw) == 1).then_some(())
     })
     .await;
     // The client reads nothing: the gateway's writes stall once the socket buffers are
@@ -914,7 +935,7 @@ routes:
     eventually(
         Duration::from_secs(10),
         "the stalled connection is closed",
-        || async { (active() == 0).then_some(()) },
+        || async { (active_connections(&gw) == 0).then_some(()) },
     )
     .await;
     drop(s);
@@ -942,47 +963,10 @@ async fn e65_compressed_bodies_pass_through_untouched() {
 
 #[tokio::test]
 async fn d51_an_http2_client_that_never_opens_its_window_is_closed() {
-    let big = upstream_fn(|_req| async {
-        http::Response::new(http_body_util::Full::new(bytes::Bytes::from(vec![
-            b'x';
-            1 << 20
-        ])))
-    })
-    .await;
-    let gw = gateway(&format!(
-        r#"
-listeners:
-  - name: edge
-    address: "127.0.0.1:0"
-    timeouts: {{write_idle: 1s}}
-access_log: {{enabled: false}}
-upstreams:
-  big: {{endpoints: ["{}"]}}
-routes:
-  - {{name: big, match: {{prefix: /}}, upstream: big}}
-"#,
-        big.addr
-    ))
-    .await;
-    let active = || {
-        let text = gw.runtime().metrics.render();
-        text.lines()
-            .find(|l| l.starts_with("turnpike_connections_active "))
-            .and_then(|l| l.rsplit(' ').next()?.parse::<i64>().ok())
-            .unwrap_or(-1)
-    };
-    let tcp = TcpStream::connect(gw.listener_addr("edge").unwrap())
-        .await
-        .unwrap();
-    let (mut tx, conn) =
-        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .initial_stream_window_size(0)
-            .handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
+    let (_big, gw) = big_body_gateway(1 << 20, "write_idle: 1s").await;
+    let mut tx = h2_client(&gw, 0).await;
     let req = http::Request::get("http://t/big")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .body(http_body_util::Empty::new())
         .unwrap();
     let resp = tx.send_request(req).await.unwrap();
     assert_eq!(resp.status(), 200);
@@ -991,8 +975,39 @@ routes:
     eventually(
         Duration::from_secs(10),
         "the stalled HTTP/2 connection is closed",
-        || async { (active() == 0).then_some(()) },
+        || async { (active_connections(&gw) == 0).then_some(()) },
     )
     .await;
     drop(resp);
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_at_the_keep_alive_timeout_but_a_streaming_one_is_not() {
+    let (_big, gw) = big_body_gateway(1 << 20, "keep_alive: 1s, write_idle: 60s").await;
+    // A response still streaming (its body unread, the window open) keeps the
+    // connection: it is busy, not idle.
+    let mut tx = h2_client(&gw, 65_535).await;
+    let req = http::Request::get("http://t/big")
+        .body(http_body_util::Empty::new())
+        .unwrap();
+    let resp = tx.send_request(req).await.unwrap();
+    // A negative check: nothing may happen for 2.5 keep-alive periods.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        active_connections(&gw),
+        1,
+        "a connection with a response in progress was closed"
+    );
+    // Once the body is read to the end, nothing is in flight: GOAWAY after 1 s.
+    let body = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    assert_eq!(body.len(), 1 << 20);
+    eventually(
+        Duration::from_secs(5),
+        "the idle connection is closed",
+        || async { (active_connections(&gw) == 0).then_some(()) },
+    )
+    .await;
 }

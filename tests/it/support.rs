@@ -275,6 +275,18 @@ where
     }
 }
 
+/// The value of a metric series (the line of `/metrics` that starts with `series `),
+/// read from the gateway's registry in-process.
+pub fn metric_value(gw: &Gateway, series: &str) -> Option<i64> {
+    let text = gw.runtime().metrics.render();
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(series)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
 /// Sends raw bytes and reads until the peer closes or `within` passes.
 pub async fn raw(addr: SocketAddr, bytes: &[u8], within: Duration) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

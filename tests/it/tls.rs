@@ -337,15 +337,40 @@ async fn only_tls12_and_tls13_and_a_stalled_handshake_is_cut() {
     eventually(
         Duration::from_secs(5),
         "handshake errors counted",
-        || async {
-            let m = gw.runtime().metrics.render();
-            m.lines()
-                .find(|l| l.starts_with("turnpike_tls_handshake_errors_total "))
-                .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-                .filter(|n| *n >= 4)
-        },
+        || async { metric_value(&gw, "turnpike_tls_handshake_errors_total").filter(|n| *n >= 4) },
     )
     .await;
+}
+
+#[tokio::test]
+async fn min_version_1_3_refuses_tls12() {
+    let pki = Pki::new("v13");
+    let up = echo("u").await;
+    let block = format!(
+        "{}\n      min_version: \"1.3\"\n      alpn: [http/1.1]",
+        two_certs(&pki)
+    );
+    let gw = tls_gateway(&pki, &up, &block, "").await;
+    let addr = gw.listener_addr("tls").unwrap();
+    let only = |version: &'static rustls::SupportedProtocolVersion| {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(turnpike::tls::provider())
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_root_certificates(pki.roots())
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    };
+    assert!(handshake(addr, only(&rustls::version::TLS12), "a.test")
+        .await
+        .is_err());
+    let tls = handshake(addr, only(&rustls::version::TLS13), "a.test")
+        .await
+        .unwrap();
+    // `alpn: [http/1.1]`: a client offering h2 first still gets HTTP/1.1.
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let resp = get_over(tls, "a.test", "/x", "").await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
 }
 
 #[tokio::test]
