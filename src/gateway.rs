@@ -69,6 +69,7 @@ pub struct Gateway {
     listeners: Vec<(String, SocketAddr)>,
     admin: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
+    admin_stop: watch::Sender<bool>,
     tracker: TaskTracker,
     connections: Arc<Registry>,
 }
@@ -81,6 +82,7 @@ impl Gateway {
             .await
             .map_err(StartError::Config)?;
         let (shutdown, _) = watch::channel(false);
+        let (admin_stop, _) = watch::channel(false);
         let tracker = TaskTracker::new();
         let shared = Arc::new(Shared {
             runtime: runtime.clone(),
@@ -121,8 +123,8 @@ impl Gateway {
                 tokio::spawn(crate::admin::serve(
                     socket,
                     runtime.clone(),
-                    shutdown.subscribe(),
-                    tracker.clone(),
+                    admin_stop.subscribe(),
+                    TaskTracker::new(),
                 ));
                 Some(bound)
             }
@@ -143,6 +145,7 @@ impl Gateway {
             listeners,
             admin,
             shutdown,
+            admin_stop,
             tracker,
             connections: shared.connections.clone(),
         })
@@ -172,8 +175,10 @@ impl Gateway {
     }
 
     /// Stops accepting, asks every connection to finish, and waits up to `grace`.
-    /// Returns whether every connection finished in time.
+    /// Returns whether every connection finished in time. The admin listener stays up
+    /// (with `/readyz` at 503 `draining`) until the client connections are done.
     pub async fn shutdown(self, grace: Duration) -> bool {
+        self.runtime.draining.store(true, Relaxed);
         self.runtime.ready.store(false, Relaxed);
         let _ = self.shutdown.send(true);
         self.connections.raise_all(GRACEFUL);
@@ -187,6 +192,7 @@ impl Gateway {
                 "grace period over; closing remaining connections"
             );
         }
+        let _ = self.admin_stop.send(true);
         drained
     }
 }

@@ -24,7 +24,10 @@ use crate::runtime::Runtime;
 
 type AdminResponse = http::Response<Full<Bytes>>;
 
-/// Serves the admin API on `listener` until `shutdown` turns true.
+/// Serves the admin API on `listener` until `shutdown` turns true. The gateway turns it
+/// only after the client listeners have drained, so that readiness probes see `/readyz`
+/// answer 503 while in-flight requests finish. Admin connections are tracked by
+/// `tracker`, which is the admin's own (the drain does not wait for them).
 pub async fn serve(
     listener: TcpListener,
     runtime: Arc<Runtime>,
@@ -83,9 +86,14 @@ async fn route(rt: &Arc<Runtime>, req: http::Request<Incoming>) -> AdminResponse
                     serde_json::json!({"status": "ready", "generation": rt.snapshot().generation}),
                 )
             } else {
+                let status = if rt.draining.load(Relaxed) {
+                    "draining"
+                } else {
+                    "not ready"
+                };
                 json(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    serde_json::json!({"status": "not ready"}),
+                    serde_json::json!({ "status": status }),
                 )
             }
         }

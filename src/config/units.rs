@@ -49,7 +49,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "d" => 86400.0,
         other => {
             return Err(format!(
-                "invalid duration `{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
+                "invalid duration `{text}`: unknown unit `{other}` (use us, ms, s, m, h or d)"
             ))
         }
     };

@@ -132,6 +132,18 @@ fn sanitize_trailers(trailers: &mut http::HeaderMap) {
     }
 }
 
+/// What a client's trailers lose before they are forwarded: the framing, routing and
+/// authentication fields, and the internal identity headers (`internal`).
+fn filter_client_trailers(
+    trailers: &mut http::HeaderMap,
+    internal: Option<&crate::http::internal::InternalHeaders>,
+) {
+    sanitize_trailers(trailers);
+    if let Some(internal) = internal {
+        internal.strip(trailers);
+    }
+}
+
 /// A body streamed from a peer: hyper's `Incoming` plus an idle timer, optional byte
 /// counter and optional end-of-stream hook.
 pub struct StreamBody {
@@ -221,10 +233,7 @@ impl StreamBody {
                 let len = frame.data_ref().map_or(0, |d| d.len());
                 if let Some(trailers) = frame.trailers_mut() {
                     if self.side == Side::Downstream {
-                        sanitize_trailers(trailers);
-                        if let Some(internal) = &self.internal {
-                            internal.strip(trailers);
-                        }
+                        filter_client_trailers(trailers, self.internal.as_deref());
                     }
                 }
                 if let Err(e) = self.progressed(len) {
@@ -321,6 +330,46 @@ mod tests {
         let bytes = (&mut b).collect().await.unwrap().to_bytes();
         assert_eq!(&bytes[..], b"hello");
         assert!(http_body::Body::is_end_stream(&b));
+    }
+
+    #[test]
+    fn client_trailers_lose_framing_routing_auth_and_internal_fields() {
+        let mut t = http::HeaderMap::new();
+        for (k, v) in [
+            ("content-length", "99"),
+            ("transfer-encoding", "chunked"),
+            ("host", "evil"),
+            ("authorization", "Bearer x"),
+            ("cookie", "a=b"),
+            ("content-type", "text/evil"),
+            ("connection", "close"),
+            ("te", "trailers"),
+            ("trailer", "x-checksum"),
+            ("x-consumer-id", "spoofed"),
+            ("x_consumer_id", "spoofed"),
+            ("x-checksum", "1"),
+            ("grpc-status", "0"),
+        ] {
+            t.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_static(v),
+            );
+        }
+        let internal = crate::http::internal::InternalHeaders::new(&["x-consumer-id"]);
+        filter_client_trailers(&mut t, Some(&internal));
+        let mut left: Vec<&str> = t.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["grpc-status", "x-checksum"]);
+    }
+
+    #[test]
+    fn without_internal_names_only_the_fixed_fields_go() {
+        let mut t = http::HeaderMap::new();
+        t.insert("x-consumer-id", http::HeaderValue::from_static("kept"));
+        t.insert("host", http::HeaderValue::from_static("evil"));
+        filter_client_trailers(&mut t, None);
+        assert_eq!(t.len(), 1);
+        assert!(t.contains_key("x-consumer-id"));
     }
 
     #[test]

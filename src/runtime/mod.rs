@@ -43,6 +43,8 @@ pub struct Runtime {
     generation: AtomicU64,
     /// False until listeners are bound, and again once shutdown begins.
     pub ready: AtomicBool,
+    /// True from the moment shutdown begins (`/readyz` says `draining`).
+    pub draining: AtomicBool,
 }
 
 impl Runtime {
@@ -70,6 +72,7 @@ impl Runtime {
             reload_lock: tokio::sync::Mutex::new(()),
             generation: AtomicU64::new(1),
             ready: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
         });
         runtime.activate(&runtime.snapshot()).await?;
         runtime.note_loaded();

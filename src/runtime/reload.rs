@@ -118,6 +118,10 @@ pub fn watch_file(runtime: &Arc<Runtime>) -> notify::Result<()> {
                     continue;
                 };
                 if hash64(text.as_bytes()) == rt.snapshot().config.digest {
+                    rt.metrics
+                        .reloads_unchanged
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    tracing::debug!(path = %path.display(), "configuration file unchanged: not reloading");
                     continue;
                 }
             }

@@ -12,6 +12,7 @@ pub mod fuzzing;
 pub mod handler;
 pub mod io;
 pub mod normalize;
+pub mod refusals;
 pub mod signal;
 
 use std::convert::Infallible;
@@ -346,5 +347,8 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with an error");
+        if let Some((status, code)) = refusals::classify(&*e) {
+            refusals::record(conn, status, code, conn.stats.age());
+        }
     }
 }

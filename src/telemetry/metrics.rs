@@ -95,6 +95,9 @@ pub struct UpstreamStats {
     pub resets: AtomicU64,
     /// Connections opened.
     pub connections_opened: AtomicU64,
+    /// Requests sent again on a new connection because the pooled one they were given
+    /// had closed before any byte of them was written.
+    pub stale_retries: AtomicU64,
 }
 
 /// (route, upstream).
@@ -113,6 +116,8 @@ pub struct Metrics {
     pub reloads_success: AtomicU64,
     /// Rejected reloads.
     pub reloads_failure: AtomicU64,
+    /// File change events after which the configuration text was unchanged (no reload).
+    pub reloads_unchanged: AtomicU64,
     /// Unix time of the last successful (re)load.
     pub last_reload_success: AtomicU64,
     /// Access-log lines dropped because the writer fell behind.
@@ -121,6 +126,8 @@ pub struct Metrics {
     pub premature_resets: AtomicU64,
     /// TLS handshakes that failed or timed out.
     pub tls_handshake_errors: AtomicU64,
+    /// HTTP/1.1 request heads refused by hyper's parser itself (see server::refusals).
+    pub http1_parse_errors: AtomicU64,
     routes: Mutex<HashMap<RouteKey, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
 }
@@ -158,7 +165,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_upstreams(&mut out);
-        let gauges: [Series; 9] = [
+        let gauges: [Series; 11] = [
             (
                 "turnpike_requests_in_flight",
                 "gauge",
@@ -190,6 +197,12 @@ impl Metrics {
                 self.reloads_failure.load(Relaxed) as i64,
             ),
             (
+                "turnpike_config_unchanged_total",
+                "counter",
+                "Configuration file events that left its text unchanged, so nothing was reloaded.",
+                self.reloads_unchanged.load(Relaxed) as i64,
+            ),
+            (
                 "turnpike_config_last_reload_success_timestamp_seconds",
                 "gauge",
                 "Unix time of the last successful configuration load.",
@@ -212,6 +225,12 @@ impl Metrics {
                 "counter",
                 "Client TLS handshakes that failed or timed out.",
                 self.tls_handshake_errors.load(Relaxed) as i64,
+            ),
+            (
+                "turnpike_http1_parse_errors_total",
+                "counter",
+                "HTTP/1.1 request heads refused by the parser before routing (empty-body 400, 414, 431).",
+                self.http1_parse_errors.load(Relaxed) as i64,
             ),
         ];
         for (name, kind, help, value) in gauges {
@@ -274,7 +293,7 @@ impl Metrics {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         ups.sort_by(|a, b| a.0.cmp(&b.0));
-        let series: [UpstreamSeries; 4] = [
+        let series: [UpstreamSeries; 5] = [
             (
                 "turnpike_upstream_connect_errors_total",
                 "Upstream connections that could not be opened.",
@@ -294,6 +313,11 @@ impl Metrics {
                 "turnpike_upstream_connections_opened_total",
                 "Upstream connections opened.",
                 |s| s.connections_opened.load(Relaxed),
+            ),
+            (
+                "turnpike_upstream_stale_retries_total",
+                "Requests sent again on a new connection because their pooled one had closed unwritten.",
+                |s| s.stale_retries.load(Relaxed),
             ),
         ];
         for (name, help, get) in series {

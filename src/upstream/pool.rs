@@ -151,6 +151,7 @@ impl Pool {
                     // Never written: the pooled connection was already closed. Retry once
                     // on a new connection.
                     Some(back) if reused => {
+                        self.stats.stale_retries.fetch_add(1, Relaxed);
                         req = back;
                         first_try = false;
                     }

@@ -693,11 +693,28 @@ def attack_rapid_reset(host, port, opts, max_streams=5000):
         return (f"{p['streams_written']} streams written{taken}; reaction: {p['reaction']}; {p['end']}; "
                 f"{p['responses']} responses seen")
 
-    bad = [name for name, p in (("burst", burst), ("paced", paced)) if not p["closed"]]
+    def judge(name, p):
+        """Why a phase failed, or None. Catalogue D45: closed within 1000 streams, by a
+        reset guard: a GOAWAY with an error code (h2's ENHANCE_YOUR_CALM), or a GOAWAY
+        NO_ERROR followed by the server closing TCP (turnpike's own guard, which hyper
+        lets send only NO_ERROR) before the listener's request cap could be the cause."""
+        taken = p["streams_taken_in"] if p["streams_taken_in"] is not None else p["streams_written"]
+        if not p["closed"]:
+            return f"{name}: the connection survived {max_streams} streams or the time budget"
+        if taken > 1000:
+            return f"{name}: {taken} streams were taken in before the close (more than 1000)"
+        if p["goaway_error"] in (None, NO_ERROR):
+            if not p["tcp_closed"] and not p["send_error"]:
+                return f"{name}: a graceful GOAWAY without a close"
+            if taken >= opts.request_cap:
+                return f"{name}: closed at the request cap ({opts.request_cap}), not by a reset guard"
+        return None
+
+    bad = [why for why in (judge("burst", burst), judge("paced", paced)) if why]
     return {
         "ok": not bad,
         "detail": f"burst: {summary(burst)} | paced: {summary(paced)}"
-        + (f"; FAILED: connection survived {max_streams} streams or the time budget: {bad}" if bad else ""),
+        + (f"; FAILED: {'; '.join(bad)}" if bad else ""),
         "streams_sent": burst["streams_written"],
         "phases": {"burst": burst, "paced": paced},
         "closed_by_server": burst["closed_by_server"],
@@ -1064,10 +1081,14 @@ def attack_empty_data_flood(host, port, opts, count=10_000, budget=5.0):
         if not conn.dead and conn.send(owed) == len(owed):
             conn.send(conn.headers(3, request_headers()))
             after = conn.wait_outcome(3, timeout=1.5)
+        # Catalogue D49: GOAWAY with an error code (h2 counts empty DATA frames and
+        # answers ENHANCE_YOUR_CALM "too_many_data_frames").
+        refused = conn.goaway_code not in (None, NO_ERROR)
         return {
-            "ok": True,  # the expectation is on the victim; what happened is recorded
+            "ok": refused,
             "detail": f"{written} empty DATA frames written; stream 1: {stream1}; {describe_end(conn)}; "
-            f"request after the flood: {after}",
+            f"request after the flood: {after}"
+            + ("" if refused else "; FAILED: no GOAWAY with an error code"),
             "frames_written": written,
             "frames_received": dict(conn.received),
             "stream_outcome": stream1,
@@ -1136,7 +1157,7 @@ ATTACKS = {
 
 # What the command line passes to every attack: the gateway's PID (or None) and the
 # number of frames of the PING / SETTINGS floods.
-Options = namedtuple("Options", "pid flood_frames")
+Options = namedtuple("Options", "pid flood_frames request_cap")
 
 
 # --- Running --------------------------------------------------------------------------
@@ -1220,13 +1241,16 @@ def parse_args(argv):
     p.add_argument("--attack", action="append", choices=sorted(ATTACKS), metavar="NAME",
                    help=f"attack to run (repeatable; default all): {', '.join(ATTACKS)}")
     p.add_argument("--pid", type=int, help="gateway PID: check its VmRSS around the PING/SETTINGS floods")
+    p.add_argument("--request-cap", type=int, default=1000, metavar="N",
+                   help="the listener's max_requests_per_connection (default 1000): a rapid-reset "
+                        "connection closed only at this cap was not stopped by a reset guard")
     p.add_argument("--flood-frames", type=int, default=100_000, metavar="N",
                    help="frames per PING / SETTINGS flood (default 100000; each flood also stops after ~3 s)")
     args = p.parse_args(argv)
     host, _, port = args.target.rpartition(":")
     if not host or not port.isdigit():
         p.error("--target must be HOST:PORT")
-    return host, int(port), args.attack or list(ATTACKS), Options(args.pid, args.flood_frames)
+    return host, int(port), args.attack or list(ATTACKS), Options(args.pid, args.flood_frames, args.request_cap)
 
 
 def main(argv=None):

@@ -126,7 +126,15 @@ async fn consistent_hashing_keeps_keys_and_survives_an_endpoint_leaving() {
         owner
             .values()
             .for_each(|o| *per.entry(o.as_str()).or_default() += 1);
-        assert!(per.values().all(|n| *n > 25), "{algorithm}: uneven {per:?}");
+        // Each of the three endpoints owns a fair share of the 150 keys: an endpoint
+        // that gets none is missing from the map, so look each one up by name.
+        for name in ["a", "b", "c"] {
+            let n = per.get(name).copied().unwrap_or(0);
+            assert!(
+                (25..=75).contains(&n),
+                "{algorithm}: {name} owns {n} keys: {per:?}"
+            );
+        }
         for user in 0..30 {
             let r = get(&format!("{base}/"), &[("x-user", &format!("user-{user}"))]).await;
             assert_eq!(

@@ -247,3 +247,35 @@ async fn editing_the_file_reloads_it() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn rewriting_the_file_with_the_same_text_does_not_reload() {
+    let up = echo("u").await;
+    let text = versioned(up.addr, up.addr, 1);
+    let path = temp_config("unchanged", &text);
+    let opts = Options {
+        reload_on_sighup: false,
+        watch_config: true,
+        ..Options::default()
+    };
+    let gw = turnpike::Gateway::start(load_file(&path).unwrap(), opts)
+        .await
+        .unwrap();
+    let reloads = || metric_value(&gw, "turnpike_config_reloads_total{result=\"success\"}");
+    let before = reloads();
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, &text).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    // The watcher saw the event and compared the text...
+    eventually(
+        Duration::from_secs(10),
+        "the unchanged file is noticed",
+        || async {
+            (metric_value(&gw, "turnpike_config_unchanged_total") == Some(1)).then_some(())
+        },
+    )
+    .await;
+    // ... and reloaded nothing.
+    assert_eq!(gw.runtime().snapshot().generation, 1);
+    assert_eq!(reloads(), before);
+}

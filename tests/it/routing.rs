@@ -136,3 +136,64 @@ async fn respond_targets_render_templates() {
     assert_eq!(r.json()["kind"], "earl-grey");
     assert_eq!(r.json()["id"], "tea-1");
 }
+
+#[tokio::test]
+async fn policies_run_defaults_listener_hosts_route_and_skip_policies_removes_inherited_ones() {
+    let up = echo("u").await;
+    let stamp = |name: &str| {
+        format!("{{type: headers, name: {name}, request: {{append: {{x-trace: {name}}}}}, response: {{append: {{x-trace: {name}}}}}}}")
+    };
+    let yaml = format!(
+        r#"
+listeners:
+  - name: public
+    address: "127.0.0.1:0"
+    policies: [{listener}]
+defaults:
+  policies: [{defaults}]
+hosts:
+  - hosts: [api.test]
+    policies: [{host}]
+access_log: {{enabled: false}}
+upstreams:
+  svc: {{endpoints: ["{up}"]}}
+routes:
+  - {{name: all, match: {{hosts: [api.test], prefix: /all}}, upstream: svc, policies: [{route}]}}
+  - {{name: by-name, match: {{hosts: [api.test], prefix: /by-name}}, upstream: svc, skip_policies: [listener, host], policies: [{route}]}}
+  - {{name: by-type, match: {{hosts: [api.test], prefix: /by-type}}, upstream: svc, skip_policies: [headers], policies: [{route}]}}
+"#,
+        listener = stamp("listener"),
+        defaults = stamp("defaults"),
+        host = stamp("host"),
+        route = stamp("route"),
+        up = up.addr,
+    );
+    let gw = gateway(&yaml).await;
+    let base = url(&gw, "public");
+    let trace = |path: &'static str| {
+        let base = base.clone();
+        async move {
+            let r = get(&format!("{base}{path}"), &[("host", "api.test")]).await;
+            assert_eq!(r.status, 200, "{path}");
+            let upstream_saw = r.echo().headers.get("x-trace").cloned().unwrap_or_default();
+            let back: Vec<String> = r
+                .headers
+                .get_all("x-trace")
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect();
+            (upstream_saw, back)
+        }
+    };
+    // Requests go down the list in order; responses come back up it in reverse.
+    let (down, up_the_list) = trace("/all").await;
+    assert_eq!(down, ["defaults", "listener", "host", "route"]);
+    assert_eq!(up_the_list, ["route", "host", "listener", "defaults"]);
+    // By name: the two named inherited policies are skipped, the rest stay.
+    let (down, _) = trace("/by-name").await;
+    assert_eq!(down, ["defaults", "route"]);
+    // By type: every inherited `headers` policy goes; the route's own never does.
+    let (down, up_the_list) = trace("/by-type").await;
+    assert_eq!(down, ["route"]);
+    assert_eq!(up_the_list, ["route"]);
+}

@@ -1,62 +1,36 @@
-//! Graceful shutdown of the real binary: SIGTERM stops accepting, lets requests in flight
-//! finish, and exits 0.
+//! The real binary's signals and exit codes: SIGTERM stops accepting at once, keeps
+//! `/readyz` at 503 while requests in flight finish, and exits 0; SIGHUP reloads; a
+//! listener that cannot bind exits 1.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use crate::support::*;
 
-/// Starts `turnpike run` on `config` and returns it with the bound address of the first
-/// listener, read from its startup log.
-pub fn spawn_binary(config: &std::path::Path) -> (std::process::Child, SocketAddr) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
-        .args(["run", "-c"])
-        .arg(config)
-        // The bound address is read from the startup log line, whatever the caller's
-        // TURNPIKE_LOG says.
-        .env("TURNPIKE_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn turnpike");
-    let stderr = child.stderr.take().unwrap();
-    let mut lines = BufReader::new(stderr).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("turnpike exited before listening")
-            .unwrap();
-        if line.contains("\"listening\"") {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-            break v["fields"]["addr"].as_str().unwrap().parse().unwrap();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
-    (child, addr)
-}
-
 #[tokio::test]
-async fn sigterm_drains_requests_in_flight_then_exits_0() {
-    let slow = upstream_fn(|req| async move {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        echo_response("slow", req).await
+async fn sigterm_stops_accepting_at_once_drains_requests_in_flight_then_exits_0() {
+    // The upstream holds every request until the test releases it, so the requests are
+    // provably still in flight while the test checks what the gateway does meanwhile.
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let slow = upstream_fn(move |req| {
+        let mut gate = gate.clone();
+        async move {
+            let _ = gate.wait_for(|open| *open).await;
+            echo_response("slow", req).await
+        }
     })
     .await;
-    let dir = std::env::temp_dir().join(format!("tp-it-drain-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("gateway.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server: {{shutdown_grace: 10s}}\nlisteners: [{{name: public, address: \"127.0.0.1:0\"}}]\naccess_log: {{enabled: false}}\nupstreams:\n  slow: {{endpoints: [\"{}\"]}}\nroutes:\n  - {{name: r, match: {{prefix: /}}, upstream: slow}}\n",
+    let config = config_file(
+        "drain",
+        &format!(
+            "server: {{shutdown_grace: 30s}}\nlisteners: [{{name: public, address: \"127.0.0.1:0\"}}]\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: {{enabled: false}}\nupstreams:\n  slow: {{endpoints: [\"{}\"], timeouts: {{request: 60s}}}}\nroutes:\n  - {{name: r, match: {{prefix: /}}, upstream: slow}}\n",
             slow.addr
         ),
-    )
-    .unwrap();
-    let (mut child, addr) = spawn_binary(&config);
+    );
+    let mut bin = spawn_binary_with(&config, true);
+    let (addr, admin) = (bin.addr, bin.admin.unwrap());
     let base = format!("http://{addr}");
+    let ready = get(&format!("http://{admin}/readyz"), &[]).await;
+    assert_eq!(ready.status, 200, "{:?}", ready.body);
     let in_flight: Vec<_> = (0..3)
         .map(|i| {
             let base = base.clone();
@@ -69,24 +43,95 @@ async fn sigterm_drains_requests_in_flight_then_exits_0() {
         || async { (slow.hits() == 3).then_some(()) },
     )
     .await;
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    kill(&bin.child, "-TERM");
+    // Accepting stops while the three requests are still held by the upstream.
+    eventually(
+        Duration::from_secs(5),
+        "the listener refuses connections",
+        || async {
+            tokio::net::TcpStream::connect(addr)
+                .await
+                .is_err()
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        bin.child.try_wait().unwrap().is_none(),
+        "the process exited with requests in flight"
+    );
+    assert!(in_flight.iter().all(|t| !t.is_finished()));
+    // Readiness probes see 503 during the drain (the admin listener is still up).
+    let draining = get(&format!("http://{admin}/readyz"), &[]).await;
+    assert_eq!(draining.status, 503, "{:?}", draining.body);
+    assert_eq!(draining.json()["status"], "draining");
+    release.send(true).unwrap();
     for t in in_flight {
         let r = t.await.unwrap();
         assert_eq!(r.status, 200, "a request in flight failed during drain");
     }
-    // Once drained the process exits 0 and the port no longer accepts.
     let exit = eventually(Duration::from_secs(10), "turnpike exits", || {
-        let done = child.try_wait().unwrap();
+        let done = bin.child.try_wait().unwrap();
         async move { done }
     })
     .await;
     assert_eq!(exit.code(), Some(0));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_file() {
+    let up = echo("u").await;
+    let yaml = |generation: u32| {
+        format!(
+            "server: {{watch_config: false}}\nlisteners: [{{name: public, address: \"127.0.0.1:0\"}}]\naccess_log: {{enabled: false}}\nupstreams:\n  svc: {{endpoints: [\"{}\"]}}\nroutes:\n  - name: r\n    match: {{prefix: /}}\n    upstream: svc\n    policies: [{{type: headers, response: {{set: {{x-generation: \"{generation}\"}}}}}}]\n",
+            up.addr
+        )
+    };
+    let config = config_file("sighup", &yaml(1));
+    let mut bin = spawn_binary_with(&config, false);
+    let base = format!("http://{}", bin.addr);
+    let generation = || {
+        let base = base.clone();
+        async move {
+            get(&format!("{base}/x"), &[])
+                .await
+                .header("x-generation")
+                .map(String::from)
+        }
+    };
+    assert_eq!(generation().await.as_deref(), Some("1"));
+    // The file changes, but the watcher is off: only the signal can reload it.
+    std::fs::write(&config, yaml(2)).unwrap();
+    kill(&bin.child, "-HUP");
+    eventually(
+        Duration::from_secs(10),
+        "SIGHUP reloads the file",
+        || async { (generation().await.as_deref() == Some("2")).then_some(()) },
+    )
+    .await;
     assert!(
-        tokio::net::TcpStream::connect(addr).await.is_err(),
-        "still accepting after exit"
+        bin.child.try_wait().unwrap().is_none(),
+        "SIGHUP ended the process"
     );
+    kill(&bin.child, "-TERM");
+    let _ = bin.child.wait();
+}
+
+#[test]
+fn a_listener_that_cannot_bind_exits_1_and_says_why() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = config_file(
+        "bind",
+        &format!("listeners: [{{name: public, address: \"{addr}\"}}]\nroutes:\n  - {{name: r, match: {{prefix: /}}, respond: {{status: 200}}}}\n"),
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_turnpike"))
+        .args(["run", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot bind {addr}")), "{stderr}");
+    drop(taken);
 }

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -301,4 +303,76 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], within: Duration) -> String {
 pub async fn closed_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
+}
+
+/// A running `turnpike run`, with the bound addresses read from its startup log.
+pub struct Binary {
+    pub child: std::process::Child,
+    /// The first client listener.
+    pub addr: SocketAddr,
+    /// The admin listener, when the config has one.
+    pub admin: Option<SocketAddr>,
+}
+
+/// Starts `turnpike run` on `config` and returns it with the bound address of the first
+/// listener (and of the admin listener, when `admin` is true), read from its startup log.
+pub fn spawn_binary_with(config: &std::path::Path, admin: bool) -> Binary {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
+        .args(["run", "-c"])
+        .arg(config)
+        // The bound address is read from the startup log line, whatever the caller's
+        // TURNPIKE_LOG says.
+        .env("TURNPIKE_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn turnpike");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let (mut addr, mut admin_addr) = (None, None);
+    while addr.is_none() || (admin && admin_addr.is_none()) {
+        let line = lines
+            .next()
+            .expect("turnpike exited before listening")
+            .unwrap();
+        let slot = if line.contains("\"admin listening\"") {
+            &mut admin_addr
+        } else if line.contains("\"listening\"") {
+            &mut addr
+        } else {
+            continue;
+        };
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        slot.get_or_insert(v["fields"]["addr"].as_str().unwrap().parse().unwrap());
+    }
+    std::thread::spawn(move || for _ in lines {});
+    Binary {
+        child,
+        addr: addr.unwrap(),
+        admin: admin_addr,
+    }
+}
+
+/// [`spawn_binary_with`] for the first listener only.
+pub fn spawn_binary(config: &std::path::Path) -> (std::process::Child, SocketAddr) {
+    let b = spawn_binary_with(config, false);
+    (b.child, b.addr)
+}
+
+/// Sends `signal` (`-TERM`, `-HUP`) to `child`.
+pub fn kill(child: &std::process::Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Writes `yaml` to a fresh folder of its own and returns the file's path.
+pub fn config_file(name: &str, yaml: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tp-it-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("gateway.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    config
 }

@@ -126,3 +126,70 @@ routes:
     drop(gw);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn admin_unknown_paths_and_methods_are_json_errors() {
+    let gw = gateway(
+        "listeners: [{name: public, address: \"127.0.0.1:0\"}]\nadmin: {address: \"127.0.0.1:0\"}\naccess_log: {enabled: false}\nroutes:\n  - {name: r, match: {prefix: /}, respond: {status: 200}}\n",
+    )
+    .await;
+    let admin = format!("http://{}", gw.admin_addr().unwrap());
+    let r = get(&format!("{admin}/nothing"), &[]).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.error_code(), "not_found");
+    for (method, path) in [
+        ("DELETE", "/metrics"),
+        ("POST", "/config"),
+        ("GET", "/reload"),
+    ] {
+        let r = send(request(method, &format!("{admin}{path}"), &[], "")).await;
+        assert_eq!(r.status, 405, "{method} {path}");
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(r.error_code(), "method_not_allowed", "{method} {path}");
+    }
+}
+
+#[tokio::test]
+async fn get_config_redacts_file_secrets_and_secret_named_fields() {
+    let dir = std::env::temp_dir().join(format!("tp-it-redact-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("token"), "file-secret-0123456789").unwrap();
+    let yaml = r#"
+listeners: [{name: public, address: "127.0.0.1:0"}]
+admin: {address: "127.0.0.1:0"}
+access_log: {enabled: false}
+routes:
+  - name: r
+    match: {prefix: /}
+    respond: {status: 200}
+    policies:
+      - type: headers
+        request:
+          set:
+            authorization: "Bearer ${file:token}"
+            x-api-key: literal-key-in-the-file
+            x-plain: visible-value
+"#;
+    std::fs::write(dir.join("gateway.yaml"), yaml).unwrap();
+    let loaded = turnpike::config::load_file(&dir.join("gateway.yaml")).unwrap();
+    let gw = turnpike::Gateway::start(
+        loaded,
+        turnpike::Options {
+            reload_on_sighup: false,
+            watch_config: false,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let r = get(&format!("http://{}/config", gw.admin_addr().unwrap()), &[]).await;
+    assert_eq!(r.status, 200);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(!text.contains("file-secret-0123456789"), "{text}");
+    assert!(!text.contains("literal-key-in-the-file"), "{text}");
+    assert!(text.contains("visible-value"), "{text}");
+    assert_eq!(text.matches("[redacted]").count(), 2, "{text}");
+    drop(gw);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -262,8 +262,22 @@ async fn sni_picks_the_certificate_and_alpn_picks_the_protocol() {
         );
     }
 
-    // An unknown name gets the first (default) certificate, which the client rejects.
-    assert!(handshake(addr, cfg, "other.test").await.is_err());
+    // An unknown name gets the first (default) certificate, which the client rejects
+    // because of its name: the server did not refuse the handshake, it served a.test.
+    let err = handshake(addr, cfg, "other.test").await.unwrap_err();
+    let presented = match err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::InvalidCertificate(
+            rustls::CertificateError::NotValidForNameContext { presented, .. },
+        )) => presented.clone(),
+        _ => panic!("not a name mismatch of a served certificate: {err:?}"),
+    };
+    assert!(
+        presented.iter().any(|n| n.contains("\"a.test\"")),
+        "{presented:?}"
+    );
 
     // ALPN h2: a real HTTP/2 exchange over TLS.
     let tls = handshake(
@@ -402,13 +416,27 @@ async fn openssl_sees_only_tls12_and_tls13_and_sni_picks_the_certificate() {
             )
         })
     };
+    // OpenSSL 3 refuses TLS 1.0 and 1.1 itself at its default security level ("no
+    // protocols available", nothing written); level 0 makes it send the old ClientHello,
+    // so the refusal seen is the server's: an alert record (rustls answers a hello with
+    // no version it enables with handshake_failure) instead of a ServerHello.
     for old in ["-tls1", "-tls1_1"] {
-        let (ok, out) = s_client(vec![old.into(), "-servername".into(), "a.test".into()])
-            .await
-            .unwrap();
+        let (ok, out) = s_client(vec![
+            old.into(),
+            "-cipher".into(),
+            "DEFAULT:@SECLEVEL=0".into(),
+            "-servername".into(),
+            "a.test".into(),
+        ])
+        .await
+        .unwrap();
         assert!(
-            !ok || !out.contains("BEGIN CERTIFICATE"),
+            !ok && !out.contains("BEGIN CERTIFICATE"),
             "{old} was accepted:\n{out}"
+        );
+        assert!(
+            out.contains("SSL alert number") && !out.contains("written 0 bytes"),
+            "{old}: not refused by the server:\n{out}"
         );
     }
     for (flag, name) in [("-tls1_2", "TLSv1.2"), ("-tls1_3", "TLSv1.3")] {
@@ -425,6 +453,14 @@ async fn openssl_sees_only_tls12_and_tls13_and_sni_picks_the_certificate() {
             "SNI did not pick *.b.test:\n{out}"
         );
     }
+    // A name no entry has: the handshake completes with the first (default) entry.
+    let (_, out) = s_client(vec!["-servername".into(), "other.test".into()])
+        .await
+        .unwrap();
+    assert!(
+        out.contains("CN = a.test") || out.contains("CN=a.test"),
+        "the default certificate was not served:\n{out}"
+    );
 }
 
 #[tokio::test]
