@@ -230,6 +230,7 @@ fn explain_ctx(
         endpoint: None,
         upstream_time: None,
         error: None,
+        identity: None,
         stats: None,
         extensions: http::Extensions::new(),
     }

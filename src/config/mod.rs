@@ -3,6 +3,7 @@
 //! field path and line. Nothing here opens a socket or builds a live object: `runtime`
 //! turns a spec into a running snapshot.
 
+pub mod consumers;
 pub mod error;
 pub mod load;
 pub mod locations;
@@ -13,6 +14,7 @@ pub mod units;
 pub mod upstream;
 pub mod validate;
 
+pub use consumers::*;
 pub use error::{ConfigError, ConfigErrors, Problems};
 pub use load::{load_file, load_str, LoadedConfig};
 pub use route::*;

@@ -32,6 +32,9 @@ pub struct GatewaySpec {
     /// Policies shared by every route of some hosts.
     #[serde(default)]
     pub hosts: Vec<HostDefaultsSpec>,
+    /// Named identities that authentication policies map credentials to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consumers: Vec<super::consumers::ConsumerSpec>,
     /// Named clusters of endpoints.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSpec>,
@@ -62,6 +65,8 @@ pub struct ServerSpec {
     /// certificate details): removed from every client request before routing. A name
     /// ending in `*` is a prefix.
     pub internal_headers: Vec<String>,
+    /// The headers that tell upstreams which consumer called.
+    pub consumer_headers: super::consumers::ConsumerHeadersSpec,
 }
 
 /// Headers removed from client requests by default: those Kong, Envoy and this gateway's
@@ -92,6 +97,7 @@ impl Default for ServerSpec {
                 .iter()
                 .map(|h| (*h).to_owned())
                 .collect(),
+            consumer_headers: Default::default(),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! sent to the client.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE};
+use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::StatusCode;
 
 use super::{Body, Response};
@@ -45,8 +45,12 @@ pub enum GatewayError {
     RequestTimeout,
     /// The request already passed through this gateway too many times.
     LoopDetected,
-    /// A policy refused the request: 401.
-    Unauthorized(&'static str),
+    /// A policy could not authenticate the request: 401, with the `WWW-Authenticate`
+    /// challenge of the scheme it expects.
+    Unauthorized {
+        reason: &'static str,
+        challenge: Option<HeaderValue>,
+    },
     /// A policy refused the request: 403.
     Forbidden(&'static str),
     /// No endpoint of the upstream can take the request.
@@ -77,7 +81,7 @@ impl GatewayError {
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
-            Self::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. }
@@ -102,7 +106,7 @@ impl GatewayError {
             Self::Misdirected => "misdirected_request",
             Self::RequestTimeout => "request_timeout",
             Self::LoopDetected => "loop_detected",
-            Self::Unauthorized(_) => "unauthorized",
+            Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NoEndpoint { .. } => "no_endpoint",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
@@ -126,7 +130,7 @@ impl GatewayError {
             | Self::Misdirected
             | Self::RequestTimeout
             | Self::LoopDetected
-            | Self::Unauthorized(_)
+            | Self::Unauthorized { .. }
             | Self::Forbidden(_) => ErrorSide::Downstream,
             Self::NoEndpoint { .. }
             | Self::UpstreamConnect { .. }
@@ -158,7 +162,7 @@ impl GatewayError {
             Self::Misdirected => "this connection does not serve the requested host",
             Self::RequestTimeout => "request body not received in time",
             Self::LoopDetected => "request loop detected",
-            Self::Unauthorized(reason) | Self::Forbidden(reason) => reason,
+            Self::Unauthorized { reason, .. } | Self::Forbidden(reason) => reason,
             Self::NoEndpoint { .. } => "no upstream endpoint available",
             Self::UpstreamConnect { .. } => "could not connect to the upstream service",
             Self::UpstreamTimeout { .. } => "the upstream service did not answer in time",
@@ -193,8 +197,16 @@ impl GatewayError {
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Self::MethodNotAllowed { allow } = self {
-            headers.insert(ALLOW, allow);
+        match self {
+            Self::MethodNotAllowed { allow } => {
+                headers.insert(ALLOW, allow);
+            }
+            Self::Unauthorized {
+                challenge: Some(c), ..
+            } => {
+                headers.insert(WWW_AUTHENTICATE, c);
+            }
+            _ => {}
         }
         resp
     }

@@ -55,6 +55,8 @@ pub struct RequestCtx {
     pub upstream_time: Option<Duration>,
     /// The stable code of the error that ended the request, if any.
     pub error: Option<&'static str>,
+    /// Who the request was authenticated as (set by authentication policies).
+    pub identity: Option<crate::policies::consumers::Identity>,
     /// The counters this request is recorded in (route and upstream).
     pub stats: Option<Arc<RouteStats>>,
     /// Typed values policies hand to each other.
@@ -70,6 +72,14 @@ impl RequestCtx {
     /// The host as a string (empty when not ASCII).
     pub fn host_str(&self) -> &str {
         self.host.to_str().unwrap_or("")
+    }
+
+    /// The authenticated consumer's name, for logs (`""` when none).
+    pub fn consumer_name(&self) -> &str {
+        self.identity
+            .as_ref()
+            .and_then(|i| i.consumer.as_ref())
+            .map_or("", |c| &c.name)
     }
 
     /// The request id as a string.
@@ -103,6 +113,7 @@ impl RequestCtx {
             endpoint: None,
             upstream_time: None,
             error: None,
+            identity: None,
             stats: None,
             extensions: http::Extensions::new(),
         }

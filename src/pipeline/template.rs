@@ -17,6 +17,7 @@ use super::RequestCtx;
 /// What a variable refers to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Var {
+    Consumer,
     RequestId,
     Route,
     ClientIp,
@@ -32,7 +33,8 @@ enum Var {
     Param(String),
 }
 
-const BUILTIN: [&str; 12] = [
+const BUILTIN: [&str; 13] = [
+    "consumer",
     "request_id",
     "route",
     "client_ip",
@@ -141,6 +143,7 @@ impl Template {
             Var::Host => ctx.host_str().into(),
             Var::Path => ctx.uri.path().into(),
             Var::Upstream => ctx.upstream.as_deref().unwrap_or("").into(),
+            Var::Consumer => ctx.consumer_name().into(),
             Var::Param(name) => ctx.param(name).unwrap_or("").into(),
             Var::TlsVersion => ctx.tls.as_ref().map_or("", |t| t.version).into(),
             Var::TlsSni => ctx
@@ -183,6 +186,7 @@ fn parse_var(name: &str, params: &[String]) -> Result<Var, String> {
         "host" => Var::Host,
         "path" => Var::Path,
         "upstream" => Var::Upstream,
+        "consumer" => Var::Consumer,
         "tls_version" => Var::TlsVersion,
         "tls_sni" => Var::TlsSni,
         "client_cert_subject" => Var::CertSubject,

@@ -32,7 +32,10 @@ impl Probe {
             Action::Respond => Ok(Flow::Respond(http::Response::new(Body::full(
                 "from policy",
             )))),
-            Action::Fail => Err(GatewayError::Unauthorized("no credentials")),
+            Action::Fail => Err(GatewayError::Unauthorized {
+                reason: "no credentials",
+                challenge: None,
+            }),
         }
     }
 

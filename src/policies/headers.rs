@@ -157,7 +157,9 @@ mod tests {
 
     fn build(yaml_like: HeadersSpec, params: &[String]) -> Result<Headers, Vec<String>> {
         let mut p = Problems::default();
+        let consumers = Default::default();
         let cx = BuildCx {
+            consumers: &consumers,
             route: "users",
             params,
         };

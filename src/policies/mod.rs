@@ -6,7 +6,11 @@
 //! step (every problem with its field path) and its `on_request`/`on_response`; one
 //! variant and one arm each below; an end-to-end test in `tests/it/`; `docs/policies/NAME.md`.
 
+pub mod acl;
+pub mod api_key;
+pub mod consumers;
 pub mod headers;
+pub mod ip_restriction;
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +24,12 @@ use crate::pipeline::{Flow, RequestCtx};
 pub enum PolicySpec {
     /// Set, append and remove request and response headers.
     Headers(headers::HeadersSpec),
+    /// Authenticate by an API key a consumer owns.
+    ApiKey(api_key::ApiKeySpec),
+    /// Allow or deny by consumer and group.
+    Acl(acl::AclSpec),
+    /// Allow or deny by client address.
+    IpRestriction(ip_restriction::IpRestrictionSpec),
 }
 
 /// What a policy may know when it is built for one route.
@@ -28,6 +38,8 @@ pub struct BuildCx<'a> {
     pub route: &'a str,
     /// The route's path parameter names.
     pub params: &'a [String],
+    /// The snapshot's consumers.
+    pub consumers: &'a std::sync::Arc<consumers::Consumers>,
 }
 
 impl PolicySpec {
@@ -35,6 +47,9 @@ impl PolicySpec {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Headers(_) => "headers",
+            Self::ApiKey(_) => "api_key",
+            Self::Acl(_) => "acl",
+            Self::IpRestriction(_) => "ip_restriction",
         }
     }
 
@@ -42,6 +57,9 @@ impl PolicySpec {
     pub fn name(&self) -> Option<&str> {
         match self {
             Self::Headers(s) => s.name.as_deref(),
+            Self::ApiKey(s) => s.name.as_deref(),
+            Self::Acl(s) => s.name.as_deref(),
+            Self::IpRestriction(s) => s.name.as_deref(),
         }
     }
 
@@ -49,6 +67,11 @@ impl PolicySpec {
     pub fn build(&self, path: &str, cx: &BuildCx<'_>, p: &mut Problems) -> Option<Policy> {
         match self {
             Self::Headers(s) => headers::Headers::build(path, s, cx, p).map(Policy::Headers),
+            Self::ApiKey(s) => api_key::ApiKey::build(path, s, cx, p).map(Policy::ApiKey),
+            Self::Acl(s) => acl::Acl::build(path, s, cx, p).map(Policy::Acl),
+            Self::IpRestriction(s) => {
+                ip_restriction::IpRestriction::build(path, s, cx, p).map(Policy::IpRestriction)
+            }
         }
     }
 }
@@ -57,6 +80,12 @@ impl PolicySpec {
 pub enum Policy {
     /// See [`headers`].
     Headers(headers::Headers),
+    /// See [`api_key`].
+    ApiKey(api_key::ApiKey),
+    /// See [`acl`].
+    Acl(acl::Acl),
+    /// See [`ip_restriction`].
+    IpRestriction(ip_restriction::IpRestriction),
     /// Records calls and answers as told: for the pipeline's own tests.
     #[cfg(test)]
     Probe(crate::pipeline::tests::Probe),
@@ -67,6 +96,9 @@ impl Policy {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Headers(_) => "headers",
+            Self::ApiKey(_) => "api_key",
+            Self::Acl(_) => "acl",
+            Self::IpRestriction(_) => "ip_restriction",
             #[cfg(test)]
             Self::Probe(_) => "probe",
         }
@@ -80,6 +112,9 @@ impl Policy {
     ) -> Result<Flow, GatewayError> {
         match self {
             Self::Headers(p) => p.on_request(ctx, req),
+            Self::ApiKey(p) => p.on_request(ctx, req),
+            Self::Acl(p) => p.on_request(ctx, req),
+            Self::IpRestriction(p) => p.on_request(ctx, req),
             #[cfg(test)]
             Self::Probe(p) => p.on_request(),
         }
@@ -89,6 +124,9 @@ impl Policy {
     pub fn on_response(&self, ctx: &mut RequestCtx, resp: &mut Response) {
         match self {
             Self::Headers(p) => p.on_response(ctx, resp),
+            Self::ApiKey(p) => p.on_response(ctx, resp),
+            Self::Acl(p) => p.on_response(ctx, resp),
+            Self::IpRestriction(p) => p.on_response(ctx, resp),
             #[cfg(test)]
             Self::Probe(p) => p.on_response(resp),
         }

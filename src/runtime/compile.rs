@@ -14,6 +14,7 @@ use crate::config::validate::{parse_net, KeySource};
 use crate::config::{ConfigErrors, GatewaySpec, LoadedConfig, Problems, RouteSpec};
 use crate::http::forwarded::TrustedProxies;
 use crate::pipeline::Pipeline;
+use crate::policies::consumers::Consumers;
 use crate::policies::PolicySpec;
 use crate::policies::{BuildCx, Policy};
 use crate::router::rewrite::Rewrite;
@@ -50,6 +51,11 @@ pub fn compile(
     let mut p = Problems::default();
     let base = Some(config.base.as_path());
     let clusters = build_clusters(spec, env, base, &mut p);
+    let consumers = Arc::new(Consumers::build(
+        &spec.consumers,
+        &spec.server.consumer_headers,
+        &mut p,
+    ));
     let settings = Arc::new(proxy_settings(spec));
     let mut builders: Vec<RouterBuilder<RouteBinding>> = spec
         .listeners
@@ -65,6 +71,7 @@ pub fn compile(
             route,
             spec,
             &clusters,
+            &consumers,
             &settings,
             env,
             &mut builders,
@@ -223,6 +230,7 @@ fn compile_route(
     route: &RouteSpec,
     spec: &GatewaySpec,
     clusters: &HashMap<String, Arc<Cluster>>,
+    consumers: &Arc<Consumers>,
     settings: &Arc<ProxySettings>,
     env: &CompileEnv<'_>,
     builders: &mut [RouterBuilder<RouteBinding>],
@@ -268,6 +276,7 @@ fn compile_route(
                     let cx = BuildCx {
                         route: &route.name,
                         params: &params,
+                        consumers,
                     };
                     let policies: Vec<Policy> = chosen
                         .iter()

@@ -225,6 +225,7 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         endpoint: None,
         upstream_time: None,
         error: None,
+        identity: None,
         stats: None,
         extensions: http::Extensions::new(),
     };

@@ -76,6 +76,7 @@ pub fn record(conn: &Conn, status: u16, code: &'static str, age: Duration) {
         upstream_duration: None,
         client_ip: crate::http::forwarded::canonical(conn.peer.ip()),
         user_agent: "",
+        consumer: "",
         error: code,
         completed: true,
     });

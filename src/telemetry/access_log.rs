@@ -107,6 +107,8 @@ pub struct Record<'a> {
     pub upstream_duration: Option<Duration>,
     pub client_ip: IpAddr,
     pub user_agent: &'a str,
+    /// The authenticated consumer (`""`: none).
+    pub consumer: &'a str,
     pub error: &'a str,
     pub completed: bool,
 }
@@ -138,6 +140,9 @@ pub fn format(r: &Record<'_>) -> String {
     field(&mut s, "client_ip", &r.client_ip.to_string());
     if !r.user_agent.is_empty() {
         field(&mut s, "user_agent", r.user_agent);
+    }
+    if !r.consumer.is_empty() {
+        field(&mut s, "consumer", r.consumer);
     }
     if !r.error.is_empty() {
         field(&mut s, "error", r.error);
@@ -254,6 +259,7 @@ mod tests {
             upstream_duration: Some(Duration::from_micros(987)),
             client_ip: "10.0.0.1".parse().unwrap(),
             user_agent: "curl/8",
+            consumer: "acme",
             error: "",
             completed: true,
         });
@@ -262,6 +268,7 @@ mod tests {
         assert_eq!(v["duration_ms"], 1.234);
         assert_eq!(v["upstream_ms"], 0.987);
         assert_eq!(v["status"], 200);
+        assert_eq!(v["consumer"], "acme");
         assert!(v.get("error").is_none());
     }
 

@@ -95,6 +95,7 @@ impl Exchange {
                 .as_ref()
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or(""),
+            consumer: ctx.consumer_name(),
             error: ctx
                 .error
                 .unwrap_or(if completed { "" } else { "response_incomplete" }),

@@ -34,9 +34,11 @@ fn version() {
 
 #[test]
 fn validate_accepts_the_quickstart_and_lists_every_problem_otherwise() {
-    let (code, out, _) = turnpike(&["validate", "-c", &example("quickstart.yaml")]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.ends_with(": ok\n"));
+    for name in ["quickstart.yaml", "tls.yaml", "auth.yaml"] {
+        let (code, out, err) = turnpike(&["validate", "-c", &example(name)]);
+        assert_eq!(code, 0, "{name}: {out}{err}");
+        assert!(out.ends_with(": ok\n"), "{name}: {out}");
+    }
 
     let (code, _, err) = turnpike(&["validate", "-c", &fixture("bad/many_problems.yaml")]);
     assert_eq!(code, 1);

@@ -73,7 +73,9 @@ fn secrets_are_substituted_inside_scalars() {
         path.parent().unwrap(),
     )
     .unwrap();
-    let turnpike::policies::PolicySpec::Headers(h) = &loaded.spec.routes[0].policies[0];
+    let turnpike::policies::PolicySpec::Headers(h) = &loaded.spec.routes[0].policies[0] else {
+        panic!("the fixture's first policy is a headers policy");
+    };
     let set = &h.request.as_ref().unwrap().set;
     assert_eq!(
         set["authorization"],

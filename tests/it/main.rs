@@ -5,6 +5,7 @@
 
 mod support;
 
+mod auth;
 mod balancing;
 mod capture;
 mod cli;

@@ -1,0 +1,278 @@
+//! The compiled `consumers` of a snapshot: lookup by API-key digest and by basic-auth
+//! user, and the identity the upstream learns once a policy has authenticated a request.
+//!
+//! API keys are held only as SHA-256 digests. A presented key is hashed and looked up by
+//! its digest; the final comparison is constant-time, so neither the lookup nor the
+//! comparison tells an attacker how much of a guess was right.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::config::{ConsumerHeadersSpec, ConsumerSpec, Problems};
+
+/// One consumer, as policies and the access log see it.
+#[derive(Debug)]
+pub struct Consumer {
+    /// The consumer's name.
+    pub name: Arc<str>,
+    /// Its groups.
+    pub groups: Vec<String>,
+    /// Its plan.
+    pub plan: Option<String>,
+    /// Its metadata.
+    pub metadata: Vec<(String, String)>,
+    groups_value: Option<HeaderValue>,
+    name_value: Option<HeaderValue>,
+    plan_value: Option<HeaderValue>,
+}
+
+/// Who a request was authenticated as, kept in `RequestCtx::consumer`.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The consumer (`None`: a credential that is valid but names no consumer, such as
+    /// a JWT whose subject is no configured consumer).
+    pub consumer: Option<Arc<Consumer>>,
+    /// The policy type that authenticated the request (`api_key`, `jwt`, ...).
+    pub credential: &'static str,
+}
+
+/// The headers written for an authenticated request.
+#[derive(Debug, Default)]
+struct IdentityHeaders {
+    name: Option<HeaderName>,
+    groups: Option<HeaderName>,
+    plan: Option<HeaderName>,
+    credential: Option<HeaderName>,
+}
+
+/// Every consumer of a snapshot.
+#[derive(Debug, Default)]
+pub struct Consumers {
+    list: Vec<Arc<Consumer>>,
+    by_key: HashMap<[u8; 32], usize>,
+    headers: IdentityHeaders,
+}
+
+/// SHA-256 of `data`.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn parse_hex32(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in bytes.chunks(2).enumerate() {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        out[i] = (hi * 16 + lo) as u8;
+    }
+    Some(out)
+}
+
+fn header_name(path: &str, name: &str, p: &mut Problems) -> Option<HeaderName> {
+    if name.is_empty() {
+        return None;
+    }
+    match HeaderName::from_bytes(name.as_bytes()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            p.push(path, format!("`{name}` is not a valid header name"));
+            None
+        }
+    }
+}
+
+impl Consumers {
+    /// Compiles `specs`; every problem goes to `p` with its field path.
+    pub fn build(specs: &[ConsumerSpec], headers: &ConsumerHeadersSpec, p: &mut Problems) -> Self {
+        let mut out = Self {
+            headers: IdentityHeaders {
+                name: header_name("server.consumer_headers.name", &headers.name, p),
+                groups: header_name("server.consumer_headers.groups", &headers.groups, p),
+                plan: header_name("server.consumer_headers.plan", &headers.plan, p),
+                credential: header_name(
+                    "server.consumer_headers.authenticated_by",
+                    &headers.authenticated_by,
+                    p,
+                ),
+            },
+            ..Self::default()
+        };
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let path = format!("consumers[{i}]");
+            if spec.name.is_empty() {
+                p.push(format!("{path}.name"), "must not be empty");
+            } else if let Some(first) = names.insert(&spec.name, i) {
+                p.push(
+                    format!("{path}.name"),
+                    format!("`{}` is already the name of consumers[{first}]", spec.name),
+                );
+            }
+            for (k, key) in spec.api_keys.iter().enumerate() {
+                let at = format!("{path}.api_keys[{k}]");
+                let digest = match key.strip_prefix("sha256:") {
+                    Some(hex) => match parse_hex32(hex) {
+                        Some(d) => d,
+                        None => {
+                            p.push(at, "a digest is `sha256:` and 64 hex digits");
+                            continue;
+                        }
+                    },
+                    None if key.len() < 16 => {
+                        p.push(at, "an API key must have at least 16 characters");
+                        continue;
+                    }
+                    None => sha256(key.as_bytes()),
+                };
+                if let Some(other) = out.by_key.insert(digest, i) {
+                    p.push(at, format!("this key is also a key of consumers[{other}]"));
+                }
+            }
+            if let Some(b) = &spec.basic_auth {
+                let h = &b.password_hash;
+                if !(h.starts_with("$argon2id$")
+                    || h.starts_with("$2b$")
+                    || h.starts_with("$2a$")
+                    || h.starts_with("$2y$"))
+                {
+                    p.push(
+                        format!("{path}.basic_auth.password_hash"),
+                        "must be an argon2id (`$argon2id$...`) or bcrypt (`$2b$...`) hash",
+                    );
+                }
+            }
+            out.list.push(Arc::new(Consumer {
+                name: Arc::from(spec.name.as_str()),
+                groups: spec.groups.clone(),
+                plan: spec.plan.clone(),
+                metadata: spec.metadata.clone().into_iter().collect(),
+                name_value: HeaderValue::from_str(&spec.name).ok(),
+                groups_value: (!spec.groups.is_empty())
+                    .then(|| HeaderValue::from_str(&spec.groups.join(",")).ok())
+                    .flatten(),
+                plan_value: spec
+                    .plan
+                    .as_deref()
+                    .and_then(|v| HeaderValue::from_str(v).ok()),
+            }));
+        }
+        out
+    }
+
+    /// The consumer owning API key `key`, compared by digest in constant time.
+    pub fn by_api_key(&self, key: &[u8]) -> Option<&Arc<Consumer>> {
+        let digest = sha256(key);
+        let (stored, i) = self.by_key.get_key_value(&digest)?;
+        aws_lc_rs::constant_time::verify_slices_are_equal(stored, &digest).ok()?;
+        self.list.get(*i)
+    }
+
+    /// The consumer called `name`.
+    pub fn by_name(&self, name: &str) -> Option<&Arc<Consumer>> {
+        self.list.iter().find(|c| &*c.name == name)
+    }
+
+    /// How many consumers there are.
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Writes the identity headers for `who` into a request's headers.
+    pub fn write_headers(&self, who: &Identity, headers: &mut HeaderMap) {
+        let h = &self.headers;
+        if let Some(name) = &h.credential {
+            headers.insert(name.clone(), HeaderValue::from_static(who.credential));
+        }
+        let Some(c) = &who.consumer else { return };
+        for (name, value) in [
+            (&h.name, &c.name_value),
+            (&h.groups, &c.groups_value),
+            (&h.plan, &c.plan_value),
+        ] {
+            if let (Some(n), Some(v)) = (name, value) {
+                headers.insert(n.clone(), v.clone());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, keys: &[&str]) -> ConsumerSpec {
+        ConsumerSpec {
+            name: name.into(),
+            groups: vec!["partners".into()],
+            plan: Some("pro".into()),
+            metadata: Default::default(),
+            api_keys: keys.iter().map(|k| (*k).to_string()).collect(),
+            basic_auth: None,
+            jwt_subjects: vec![],
+        }
+    }
+
+    #[test]
+    fn keys_are_found_by_plain_value_or_digest() {
+        let digest = format!("sha256:{}", {
+            let d = sha256(b"second-key-of-acme-0001");
+            d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        });
+        let mut p = Problems::default();
+        let c = Consumers::build(
+            &[spec("acme", &["first-key-of-acme-0001", &digest])],
+            &Default::default(),
+            &mut p,
+        );
+        assert!(p.is_empty());
+        assert_eq!(
+            &*c.by_api_key(b"first-key-of-acme-0001").unwrap().name,
+            "acme"
+        );
+        assert_eq!(
+            &*c.by_api_key(b"second-key-of-acme-0001").unwrap().name,
+            "acme"
+        );
+        assert!(c.by_api_key(b"first-key-of-acme-0001 ").is_none());
+        assert!(c.by_api_key(b"").is_none());
+    }
+
+    #[test]
+    fn bad_consumers_are_reported_with_their_paths() {
+        let mut p = Problems::default();
+        let mut bad = spec("acme", &["short", "sha256:xyz", "a-shared-key-0000001"]);
+        bad.basic_auth = Some(crate::config::BasicAuthUserSpec {
+            username: "acme".into(),
+            password_hash: "plain".into(),
+        });
+        Consumers::build(
+            &[bad, spec("acme", &["a-shared-key-0000001"])],
+            &Default::default(),
+            &mut p,
+        );
+        let text = format!("{p:?}");
+        for needle in [
+            "consumers[0].api_keys[0]",
+            "consumers[0].api_keys[1]",
+            "consumers[0].basic_auth.password_hash",
+            "consumers[1].name",
+            "consumers[1].api_keys[0]",
+        ] {
+            assert!(text.contains(needle), "{needle} missing in {text}");
+        }
+    }
+}
