@@ -51,6 +51,9 @@ pub enum GatewayError {
         reason: &'static str,
         challenge: Option<HeaderValue>,
     },
+    /// An authentication policy cannot decide: its identity provider's keys could not
+    /// be loaded (fail closed).
+    AuthUnavailable,
     /// A policy refused the request: 403.
     Forbidden(&'static str),
     /// No endpoint of the upstream can take the request.
@@ -83,7 +86,7 @@ impl GatewayError {
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
-            Self::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint { .. } | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. }
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -109,6 +112,7 @@ impl GatewayError {
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::NoEndpoint { .. } => "no_endpoint",
+            Self::AuthUnavailable => "auth_unavailable",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamReset { .. } => "upstream_reset",
@@ -136,7 +140,8 @@ impl GatewayError {
             | Self::UpstreamConnect { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamReset { .. }
-            | Self::UpstreamProtocol { .. } => ErrorSide::Upstream,
+            | Self::UpstreamProtocol { .. }
+            | Self::AuthUnavailable => ErrorSide::Upstream,
             Self::Internal(_) => ErrorSide::Gateway,
         }
     }
@@ -164,6 +169,7 @@ impl GatewayError {
             Self::LoopDetected => "request loop detected",
             Self::Unauthorized { reason, .. } | Self::Forbidden(reason) => reason,
             Self::NoEndpoint { .. } => "no upstream endpoint available",
+            Self::AuthUnavailable => "authentication is unavailable, try again later",
             Self::UpstreamConnect { .. } => "could not connect to the upstream service",
             Self::UpstreamTimeout { .. } => "the upstream service did not answer in time",
             Self::UpstreamReset { .. } => "the upstream service closed the connection",

@@ -4,6 +4,7 @@
 
 pub mod body;
 pub mod error;
+pub mod fetch;
 pub mod forwarded;
 pub mod hop;
 pub mod internal;

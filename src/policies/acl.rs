@@ -1,4 +1,5 @@
-//! `acl`: allows or denies an authenticated request by its consumer's name or groups.
+//! `acl`: allows or denies an authenticated request by its consumer's name or groups,
+//! or by the scopes, roles and claims of its JWT.
 //!
 //! It runs after an authentication policy. A request that no policy authenticated is a
 //! 401 (there is no one to authorize); one whose consumer is denied, or not allowed when
@@ -36,19 +37,62 @@ pub struct AclRuleSpec {
     /// Consumer groups.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
+    /// JWT scopes (`scope`, space-separated, or `scp`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    /// JWT roles (`roles`, or Keycloak's `realm_access.roles`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
+    /// JWT claims and the value each must have: exact, or a prefix ending in `*`; a
+    /// claim holding an array matches when any element does.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub claims: std::collections::BTreeMap<String, String>,
+}
+
+fn value_matches(pattern: &str, v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Array(items) => items.iter().any(|i| value_matches(pattern, i)),
+        other => crate::policies::jwt::token::claim_text(other).is_some_and(|text| {
+            match pattern.strip_suffix('*') {
+                Some(prefix) => text.starts_with(prefix),
+                None => text == pattern,
+            }
+        }),
+    }
 }
 
 impl AclRuleSpec {
     fn is_empty(&self) -> bool {
-        self.consumers.is_empty() && self.groups.is_empty()
+        self.consumers.is_empty()
+            && self.groups.is_empty()
+            && self.scopes.is_empty()
+            && self.roles.is_empty()
+            && self.claims.is_empty()
     }
 
     fn matches(&self, ctx: &RequestCtx) -> bool {
-        let Some(c) = ctx.identity.as_ref().and_then(|i| i.consumer.as_ref()) else {
+        if let Some(c) = ctx.identity.as_ref().and_then(|i| i.consumer.as_ref()) {
+            if self.consumers.iter().any(|n| *n == *c.name)
+                || self.groups.iter().any(|g| c.groups.contains(g))
+            {
+                return true;
+            }
+        }
+        let Some(claims) = ctx.extensions.get::<crate::policies::jwt::token::Claims>() else {
             return false;
         };
-        self.consumers.iter().any(|n| *n == *c.name)
-            || self.groups.iter().any(|g| c.groups.contains(g))
+        (!self.scopes.is_empty() && {
+            let have = claims.scopes();
+            self.scopes.iter().any(|s| have.contains(&s.as_str()))
+        }) || (!self.roles.is_empty() && {
+            let have = claims.roles();
+            self.roles.iter().any(|r| have.contains(&r.as_str()))
+        }) || self.claims.iter().any(|(name, pattern)| {
+            claims
+                .0
+                .get(name)
+                .is_some_and(|v| value_matches(pattern, v))
+        })
     }
 }
 

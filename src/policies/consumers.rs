@@ -52,6 +52,7 @@ struct IdentityHeaders {
 pub struct Consumers {
     list: Vec<Arc<Consumer>>,
     by_key: HashMap<[u8; 32], usize>,
+    by_subject: HashMap<String, usize>,
     headers: IdentityHeaders,
 }
 
@@ -137,6 +138,14 @@ impl Consumers {
                     p.push(at, format!("this key is also a key of consumers[{other}]"));
                 }
             }
+            for (k, sub) in spec.jwt_subjects.iter().enumerate() {
+                if let Some(other) = out.by_subject.insert(sub.clone(), i) {
+                    p.push(
+                        format!("{path}.jwt_subjects[{k}]"),
+                        format!("`{sub}` is also a subject of consumers[{other}]"),
+                    );
+                }
+            }
             if let Some(b) = &spec.basic_auth {
                 let h = &b.password_hash;
                 if !(h.starts_with("$argon2id$")
@@ -174,6 +183,11 @@ impl Consumers {
         let (stored, i) = self.by_key.get_key_value(&digest)?;
         aws_lc_rs::constant_time::verify_slices_are_equal(stored, &digest).ok()?;
         self.list.get(*i)
+    }
+
+    /// The consumer whose `jwt_subjects` holds `subject`.
+    pub fn by_jwt_subject(&self, subject: &str) -> Option<&Arc<Consumer>> {
+        self.list.get(*self.by_subject.get(subject)?)
     }
 
     /// The consumer called `name`.

@@ -160,6 +160,7 @@ mod tests {
         let consumers = Default::default();
         let cx = BuildCx {
             consumers: &consumers,
+            base: None,
             route: "users",
             params,
         };

@@ -110,6 +110,7 @@ mod tests {
             route: "r",
             params: &[],
             consumers: &consumers,
+            base: None,
         };
         let spec = IpRestrictionSpec {
             name: None,
@@ -149,6 +150,7 @@ mod tests {
             route: "r",
             params: &[],
             consumers: &consumers,
+            base: None,
         };
         let spec = IpRestrictionSpec {
             name: None,

@@ -11,6 +11,7 @@ pub mod api_key;
 pub mod consumers;
 pub mod headers;
 pub mod ip_restriction;
+pub mod jwt;
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +31,8 @@ pub enum PolicySpec {
     Acl(acl::AclSpec),
     /// Allow or deny by client address.
     IpRestriction(ip_restriction::IpRestrictionSpec),
+    /// Authenticate by a JSON Web Token.
+    Jwt(jwt::JwtSpec),
 }
 
 /// What a policy may know when it is built for one route.
@@ -38,6 +41,8 @@ pub struct BuildCx<'a> {
     pub route: &'a str,
     /// The route's path parameter names.
     pub params: &'a [String],
+    /// The configuration file's folder (relative key files start there).
+    pub base: Option<&'a std::path::Path>,
     /// The snapshot's consumers.
     pub consumers: &'a std::sync::Arc<consumers::Consumers>,
 }
@@ -50,6 +55,7 @@ impl PolicySpec {
             Self::ApiKey(_) => "api_key",
             Self::Acl(_) => "acl",
             Self::IpRestriction(_) => "ip_restriction",
+            Self::Jwt(_) => "jwt",
         }
     }
 
@@ -60,6 +66,7 @@ impl PolicySpec {
             Self::ApiKey(s) => s.name.as_deref(),
             Self::Acl(s) => s.name.as_deref(),
             Self::IpRestriction(s) => s.name.as_deref(),
+            Self::Jwt(s) => s.name.as_deref(),
         }
     }
 
@@ -72,6 +79,7 @@ impl PolicySpec {
             Self::IpRestriction(s) => {
                 ip_restriction::IpRestriction::build(path, s, cx, p).map(Policy::IpRestriction)
             }
+            Self::Jwt(s) => jwt::Jwt::build(path, s, cx, p).map(Policy::Jwt),
         }
     }
 }
@@ -86,6 +94,8 @@ pub enum Policy {
     Acl(acl::Acl),
     /// See [`ip_restriction`].
     IpRestriction(ip_restriction::IpRestriction),
+    /// See [`jwt`].
+    Jwt(jwt::Jwt),
     /// Records calls and answers as told: for the pipeline's own tests.
     #[cfg(test)]
     Probe(crate::pipeline::tests::Probe),
@@ -99,6 +109,7 @@ impl Policy {
             Self::ApiKey(_) => "api_key",
             Self::Acl(_) => "acl",
             Self::IpRestriction(_) => "ip_restriction",
+            Self::Jwt(_) => "jwt",
             #[cfg(test)]
             Self::Probe(_) => "probe",
         }
@@ -115,6 +126,12 @@ impl Policy {
             Self::ApiKey(p) => p.on_request(ctx, req),
             Self::Acl(p) => p.on_request(ctx, req),
             Self::IpRestriction(p) => p.on_request(ctx, req),
+            // Keys at hand decide without waiting; a fetch is rare and boxed, so its
+            // future does not inflate every policy's.
+            Self::Jwt(p) => match p.on_request(ctx, req) {
+                Ok(done) => done,
+                Err(token) => Box::pin(p.on_request_remote(ctx, req, token)).await,
+            },
             #[cfg(test)]
             Self::Probe(p) => p.on_request(),
         }
@@ -127,6 +144,7 @@ impl Policy {
             Self::ApiKey(p) => p.on_response(ctx, resp),
             Self::Acl(p) => p.on_response(ctx, resp),
             Self::IpRestriction(p) => p.on_response(ctx, resp),
+            Self::Jwt(p) => p.on_response(ctx, resp),
             #[cfg(test)]
             Self::Probe(p) => p.on_response(resp),
         }

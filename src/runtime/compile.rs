@@ -72,6 +72,7 @@ pub fn compile(
             spec,
             &clusters,
             &consumers,
+            base,
             &settings,
             env,
             &mut builders,
@@ -231,6 +232,7 @@ fn compile_route(
     spec: &GatewaySpec,
     clusters: &HashMap<String, Arc<Cluster>>,
     consumers: &Arc<Consumers>,
+    base: Option<&std::path::Path>,
     settings: &Arc<ProxySettings>,
     env: &CompileEnv<'_>,
     builders: &mut [RouterBuilder<RouteBinding>],
@@ -276,6 +278,7 @@ fn compile_route(
                     let cx = BuildCx {
                         route: &route.name,
                         params: &params,
+                        base,
                         consumers,
                     };
                     let policies: Vec<Policy> = chosen

@@ -15,6 +15,7 @@ mod fixtures;
 mod fuzz_corpus;
 mod grpc;
 mod h2abuse;
+mod jwt;
 mod proxy;
 mod reload;
 mod routing;

@@ -1,0 +1,578 @@
+//! `jwt`: authenticates a request by a JSON Web Token (RFC 7519) signed by a configured
+//! provider's key.
+//!
+//! The token comes from `Authorization: Bearer`, another header, or a cookie. It is
+//! taken apart strictly ([`token`]), its provider chosen by its `iss`, its signature
+//! checked with the provider's keys ([`keys`]: inline JWKs, PEM files, a secret, a JWKS
+//! file or a JWKS URL), then its claims (expiry and not-before with a leeway, issuer,
+//! audience, required claims, maximum lifetime). A token whose consumer claim (`sub` by
+//! default) is a consumer's `jwt_subjects` entry is that consumer. Chosen claims are
+//! forwarded as headers, and the claims stay in the request context for `acl`.
+//!
+//! Failures: no token, 401 `WWW-Authenticate: Bearer`; a bad token, 401 `Bearer
+//! error="invalid_token"`; a provider whose keys cannot be loaded, 503
+//! `auth_unavailable` (logged). A malformed token is never a 5xx.
+
+pub mod keys;
+pub mod token;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
+use jsonwebtoken::jwk::Jwk;
+use serde::{Deserialize, Serialize};
+
+use super::consumers::{Consumers, Identity};
+use super::BuildCx;
+use crate::config::{Dur, Problems, Size, UpstreamTlsSpec};
+use crate::http::{GatewayError, Request, Response};
+use crate::pipeline::{Flow, RequestCtx};
+use keys::{KeySet, RemoteJwks, RemoteSettings, Verdict};
+use token::{ClaimRules, Claims};
+
+/// `type: jwt`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtSpec {
+    /// A name for this instance (for `skip_policies`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Who may issue tokens for this route. At least one.
+    pub providers: Vec<ProviderSpec>,
+    /// The header holding the token; `authorization` expects the `Bearer` scheme.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// A cookie that may hold the token (read when the header is absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    /// The claim naming the consumer (matched against `consumers[].jwt_subjects`).
+    #[serde(default = "default_consumer_claim")]
+    pub consumer_claim: String,
+    /// Headers to set from claims: `{x-user-id: sub}`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub forward_claims: BTreeMap<String, String>,
+    /// Keep the token on the request sent upstream (removed by default).
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Allowed clock skew for `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway")]
+    pub leeway: Dur,
+}
+
+/// One token issuer and its keys.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderSpec {
+    /// The `iss` its tokens carry (checked); absent: tokens without a matching provider
+    /// issuer are tried against this one, and `iss` is not checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Accepted `aud` values (any one); empty: `aud` is not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// The keys as a JWKS: `{uri: ...}`, `{file: ...}` or `{keys: [...]}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks: Option<JwksSpec>,
+    /// PEM public keys.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pem: Vec<PemKeySpec>,
+    /// A shared secret for HS256/384/512 (at least 32 bytes; use `${ENV}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Restrict the accepted algorithms (`RS256`, `ES256`, `EdDSA`, `HS256`, ...).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+    /// Claims every token must carry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required_claims: Vec<String>,
+    /// The longest accepted token lifetime (`exp - iat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_lifetime: Option<Dur>,
+}
+
+/// Where a provider's JWKS comes from, and how a remote one is fetched.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwksSpec {
+    /// An `https://` (or `http://`) URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// A JWKS file (relative to the config's folder); read at every reload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Inline JWKs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<serde_json::Value>,
+    /// Deadline of one fetch.
+    #[serde(default = "default_fetch_timeout")]
+    pub timeout: Dur,
+    /// The largest document accepted.
+    #[serde(default = "default_max_size")]
+    pub max_size: Size,
+    /// How often the document is fetched again.
+    #[serde(default = "default_refresh")]
+    pub refresh_interval: Dur,
+    /// The shortest time between two fetches (an unknown `kid` triggers one).
+    #[serde(default = "default_min_refresh")]
+    pub min_refresh_interval: Dur,
+    /// How long the last good keys are used while fetches fail.
+    #[serde(default = "default_max_stale")]
+    pub max_stale: Dur,
+    /// TLS settings for the URL (a private CA); the system roots by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsSpec>,
+}
+
+/// A PEM public key.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PemKeySpec {
+    /// A PEM file (relative to the config's folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The PEM text itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// The one algorithm it verifies.
+    pub algorithm: String,
+    /// Its key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+}
+
+fn default_header() -> String {
+    "authorization".into()
+}
+fn default_consumer_claim() -> String {
+    "sub".into()
+}
+fn default_leeway() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_fetch_timeout() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_max_size() -> Size {
+    Size(1024 * 1024)
+}
+fn default_refresh() -> Dur {
+    Dur(Duration::from_secs(300))
+}
+fn default_min_refresh() -> Dur {
+    Dur(Duration::from_secs(30))
+}
+fn default_max_stale() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+
+/// A provider, compiled.
+struct Provider {
+    rules: ClaimRules,
+    local: Option<Arc<KeySet>>,
+    remote: Option<Arc<RemoteJwks>>,
+}
+
+/// The built `jwt` policy.
+pub struct Jwt {
+    providers: Vec<Provider>,
+    header: HeaderName,
+    bearer: bool,
+    cookie: Option<String>,
+    consumer_claim: String,
+    forward: Vec<(HeaderName, String)>,
+    forward_token: bool,
+    consumers: Arc<Consumers>,
+}
+
+impl std::fmt::Debug for Jwt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Jwt")
+            .field("providers", &self.providers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+const MISSING: HeaderValue = HeaderValue::from_static("Bearer");
+const INVALID: HeaderValue = HeaderValue::from_static("Bearer error=\"invalid_token\"");
+
+fn refuse(reason: &'static str) -> GatewayError {
+    GatewayError::Unauthorized {
+        reason,
+        challenge: Some(INVALID),
+    }
+}
+
+fn build_provider(
+    path: &str,
+    spec: &ProviderSpec,
+    base: Option<&Path>,
+    p: &mut Problems,
+) -> Option<Provider> {
+    let mut allowed = Vec::new();
+    for (i, name) in spec.algorithms.iter().enumerate() {
+        match token::algorithm(name) {
+            Some(a) => allowed.push(a),
+            None => p.push(format!("{path}.algorithms[{i}]"), format!("`{name}` is not a supported algorithm (HS256/384/512, RS256/384/512, PS256/384/512, ES256, ES384, EdDSA)")),
+        }
+    }
+    let mut local = KeySet::default();
+    let mut remote = None;
+    if let Some(secret) = &spec.secret {
+        if let Err(e) = local.add_secret(secret.as_bytes(), &allowed) {
+            p.push(format!("{path}.secret"), e);
+        }
+    }
+    for (i, k) in spec.pem.iter().enumerate() {
+        let at = format!("{path}.pem[{i}]");
+        let Some(alg) = token::algorithm(&k.algorithm) else {
+            p.push(
+                format!("{at}.algorithm"),
+                format!("`{}` is not a supported algorithm", k.algorithm),
+            );
+            continue;
+        };
+        let text = match (&k.file, &k.text) {
+            (Some(f), None) => match std::fs::read(crate::tls::resolve(base, f)) {
+                Ok(t) => t,
+                Err(e) => {
+                    p.push(format!("{at}.file"), format!("cannot read `{f}`: {e}"));
+                    continue;
+                }
+            },
+            (None, Some(t)) => t.as_bytes().to_vec(),
+            _ => {
+                p.push(at, "give one of `file` or `text`");
+                continue;
+            }
+        };
+        if let Err(e) = local.add_pem(&text, alg, k.kid.clone()) {
+            p.push(at, e);
+        }
+    }
+    if let Some(j) = &spec.jwks {
+        let at = format!("{path}.jwks");
+        match (&j.uri, &j.file, j.keys.is_empty()) {
+            (Some(uri), None, true) => match uri.parse::<http::Uri>() {
+                Ok(u) if matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some() => {
+                    let tls = match &j.tls {
+                        Some(t) => match crate::tls::client::UpstreamTls::build(t, false, base) {
+                            Ok(t) => Some(t),
+                            Err((field, e)) => {
+                                p.push(format!("{at}.tls.{field}"), e);
+                                None
+                            }
+                        },
+                        None => None,
+                    };
+                    let settings = RemoteSettings {
+                        uri: uri.clone(),
+                        timeout: j.timeout.0,
+                        max_size: j.max_size.0 as usize,
+                        refresh: j.refresh_interval.0.max(Duration::from_secs(1)),
+                        min_refresh: j.min_refresh_interval.0,
+                        max_stale: j.max_stale.0,
+                        algorithms: spec.algorithms.clone(),
+                    };
+                    remote = Some(RemoteJwks::shared(settings, u, allowed.clone(), tls));
+                }
+                _ => p.push(
+                    format!("{at}.uri"),
+                    format!("`{uri}` is not an http:// or https:// URL"),
+                ),
+            },
+            (None, Some(file), true) => match std::fs::read(crate::tls::resolve(base, file)) {
+                Ok(bytes) => match KeySet::from_jwks(&bytes, &allowed) {
+                    Ok((set, notes)) => {
+                        for n in notes {
+                            tracing::warn!(file = %file, "JWKS {n}");
+                        }
+                        local = merge(local, set);
+                    }
+                    Err(e) => p.push(format!("{at}.file"), e),
+                },
+                Err(e) => p.push(format!("{at}.file"), format!("cannot read `{file}`: {e}")),
+            },
+            (None, None, false) => {
+                for (i, v) in j.keys.iter().enumerate() {
+                    let added = serde_json::from_value::<Jwk>(v.clone())
+                        .map_err(|e| format!("not a JWK: {e}"))
+                        .and_then(|jwk| local.add_jwk(&jwk, &allowed));
+                    if let Err(e) = added {
+                        p.push(format!("{at}.keys[{i}]"), e);
+                    }
+                }
+            }
+            _ => p.push(at, "give exactly one of `uri`, `file` or `keys`"),
+        }
+    }
+    if local.is_empty() && remote.is_none() {
+        p.push(
+            path.to_string(),
+            "a provider needs keys: `jwks`, `pem` or `secret`",
+        );
+    }
+    Some(Provider {
+        rules: ClaimRules {
+            issuer: spec.issuer.clone(),
+            audiences: spec.audiences.clone(),
+            required: spec.required_claims.clone(),
+            leeway: 0.0,
+            max_lifetime: spec.max_lifetime.map(|d| d.0.as_secs_f64()),
+        },
+        local: (!local.is_empty()).then(|| Arc::new(local)),
+        remote,
+    })
+}
+
+fn merge(mut a: KeySet, b: KeySet) -> KeySet {
+    if a.is_empty() {
+        return b;
+    }
+    a.extend(b);
+    a
+}
+
+impl Jwt {
+    /// Builds the policy: keys are loaded now (files, inline), or their cache is found
+    /// or created (URLs; fetched on first use).
+    pub fn build(path: &str, spec: &JwtSpec, cx: &BuildCx<'_>, p: &mut Problems) -> Option<Self> {
+        if spec.providers.is_empty() {
+            p.push(
+                format!("{path}.providers"),
+                "at least one provider is needed",
+            );
+        }
+        let leeway = spec.leeway.0.as_secs_f64();
+        let providers: Vec<Provider> = spec
+            .providers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| build_provider(&format!("{path}.providers[{i}]"), s, cx.base, p))
+            .map(|mut pr| {
+                pr.rules.leeway = leeway;
+                pr
+            })
+            .collect();
+        let header = HeaderName::from_bytes(spec.header.as_bytes())
+            .map_err(|_| {
+                p.push(
+                    format!("{path}.header"),
+                    format!("`{}` is not a valid header name", spec.header),
+                )
+            })
+            .ok()?;
+        let mut forward = Vec::new();
+        for (name, claim) in &spec.forward_claims {
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(h) => forward.push((h, claim.clone())),
+                Err(_) => p.push(
+                    format!("{path}.forward_claims.{name}"),
+                    "not a valid header name",
+                ),
+            }
+        }
+        Some(Self {
+            bearer: header == AUTHORIZATION,
+            header,
+            providers,
+            cookie: spec.cookie.clone(),
+            consumer_claim: spec.consumer_claim.clone(),
+            forward,
+            forward_token: spec.forward_token,
+            consumers: cx.consumers.clone(),
+        })
+    }
+
+    fn token<'r>(&self, req: &'r Request) -> Option<&'r str> {
+        if let Some(v) = req
+            .headers()
+            .get(&self.header)
+            .and_then(|v| v.to_str().ok())
+        {
+            if !self.bearer {
+                return Some(v.strip_prefix("Bearer ").unwrap_or(v).trim());
+            }
+            let (scheme, rest) = v.split_once(' ')?;
+            return scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim());
+        }
+        let name = self.cookie.as_deref()?;
+        req.headers()
+            .get_all(COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|pair| {
+                let (k, v) = pair.trim().split_once('=')?;
+                (k == name).then_some(v)
+            })
+    }
+
+    /// Verifies the token and records who called, without waiting when the keys at
+    /// hand decide (inline, file, or cached remote keys). `Err(token)`: the remote
+    /// keys must be fetched first; call [`Jwt::on_request_remote`] with it.
+    pub fn on_request(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &mut Request,
+    ) -> Result<Result<Flow, GatewayError>, String> {
+        let (index, claims) = {
+            let Some(raw) = self.token(req).filter(|t| !t.is_empty()) else {
+                return Ok(Err(GatewayError::Unauthorized {
+                    reason: "no bearer token in the request",
+                    challenge: Some(MISSING),
+                }));
+            };
+            let parsed = match token::parse(raw) {
+                Ok(t) => t,
+                Err(e) => return Ok(Err(refuse(e))),
+            };
+            let Some(index) = self.provider_for(&parsed) else {
+                return Ok(Err(refuse("token issuer not accepted")));
+            };
+            match self.verify_at_hand(&self.providers[index], &parsed) {
+                Some(Ok(())) => (index, parsed.claims),
+                Some(Err(e)) => return Ok(Err(e)),
+                None => return Err(raw.to_owned()),
+            }
+        };
+        Ok(self.finish(ctx, req, index, claims))
+    }
+
+    /// The rest of [`Jwt::on_request`] when remote keys must be fetched.
+    pub async fn on_request_remote(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &mut Request,
+        raw: String,
+    ) -> Result<Flow, GatewayError> {
+        let parsed = token::parse(&raw).map_err(refuse)?;
+        let index = self
+            .provider_for(&parsed)
+            .ok_or_else(|| refuse("token issuer not accepted"))?;
+        let provider = &self.providers[index];
+        let remote = provider
+            .remote
+            .as_ref()
+            .ok_or_else(|| refuse("token signed by an unknown key"))?;
+        let verdict = |keys: &KeySet| {
+            keys.verify(
+                parsed.alg,
+                parsed.kid.as_deref(),
+                parsed.signing_input,
+                parsed.signature,
+            )
+        };
+        let Some(keys) = remote.keys().await else {
+            tracing::error!(
+                route = ctx.route.as_deref().unwrap_or(""),
+                "JWT keys of a provider could not be loaded: answering 503"
+            );
+            return Err(GatewayError::AuthUnavailable);
+        };
+        match verdict(&keys.0) {
+            Verdict::Valid => {}
+            Verdict::Invalid => return Err(refuse("token signature invalid")),
+            Verdict::UnknownKid => {
+                let again = remote.refresh_for_unknown_kid().await;
+                let fresh = if again { remote.cached() } else { None };
+                if !fresh.is_some_and(|k| verdict(&k.0) == Verdict::Valid) {
+                    return Err(refuse("token signed by an unknown key"));
+                }
+            }
+        }
+        self.finish(ctx, req, index, parsed.claims)
+    }
+
+    fn provider_for(&self, t: &token::Parsed<'_>) -> Option<usize> {
+        let iss = t.claims.get("iss").and_then(|v| v.as_str());
+        self.providers
+            .iter()
+            .position(|pr| pr.rules.issuer.is_some() && pr.rules.issuer.as_deref() == iss)
+            .or_else(|| {
+                self.providers
+                    .iter()
+                    .position(|pr| pr.rules.issuer.is_none())
+            })
+    }
+
+    /// The signature check with the keys at hand; `None` when remote keys are needed
+    /// (none cached yet, or an unknown `kid`).
+    fn verify_at_hand(
+        &self,
+        provider: &Provider,
+        t: &token::Parsed<'_>,
+    ) -> Option<Result<(), GatewayError>> {
+        let kid = t.kid.as_deref();
+        let check = |keys: &KeySet| keys.verify(t.alg, kid, t.signing_input, t.signature);
+        let local = provider.local.as_deref().map(check);
+        if local == Some(Verdict::Valid) {
+            return Some(Ok(()));
+        }
+        let Some(remote) = &provider.remote else {
+            return Some(Err(refuse(if local == Some(Verdict::Invalid) {
+                "token signature invalid"
+            } else {
+                "token signed by an unknown key"
+            })));
+        };
+        match remote.cached().map(|k| check(&k.0)) {
+            Some(Verdict::Valid) => Some(Ok(())),
+            Some(Verdict::Invalid) => Some(Err(refuse("token signature invalid"))),
+            Some(Verdict::UnknownKid) | None => None,
+        }
+    }
+
+    /// Claim checks, the consumer, forwarded claims; the token is verified.
+    fn finish(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &mut Request,
+        index: usize,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Flow, GatewayError> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        token::check_claims(&claims, &self.providers[index].rules, now).map_err(refuse)?;
+        let claims = Claims(Arc::new(claims));
+        let consumer = claims
+            .0
+            .get(&self.consumer_claim)
+            .and_then(|v| v.as_str())
+            .and_then(|s| self.consumers.by_jwt_subject(s))
+            .cloned();
+        let who = Identity {
+            consumer,
+            credential: "jwt",
+        };
+        let headers = req.headers_mut();
+        if !self.forward_token {
+            headers.remove(&self.header);
+        }
+        for (name, claim) in &self.forward {
+            match claims
+                .0
+                .get(claim)
+                .and_then(token::claim_text)
+                .and_then(|t| HeaderValue::from_str(&t).ok())
+            {
+                Some(v) => {
+                    headers.insert(name.clone(), v);
+                }
+                None => {
+                    headers.remove(name);
+                }
+            }
+        }
+        self.consumers.write_headers(&who, headers);
+        ctx.identity = Some(who);
+        ctx.extensions.insert(claims);
+        Ok(Flow::Continue)
+    }
+
+    /// Nothing to do on the way back.
+    pub fn on_response(&self, _ctx: &mut RequestCtx, _resp: &mut Response) {}
+}
