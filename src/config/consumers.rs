@@ -28,9 +28,15 @@ pub struct ConsumerSpec {
     /// A basic-auth user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuthUserSpec>,
-    /// JWT subjects (values of the consumer claim, `sub` by default) that are this consumer.
+    /// JWT subjects (values of the consumer claim, `sub` by default) that are this
+    /// consumer; also the `sub` (or configured claim) of an introspected token.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jwt_subjects: Vec<String>,
+    /// Client certificates that are this consumer, for `mtls`: a subject DN
+    /// (`CN=alice,O=Example`), a SAN (DNS name, URI such as a SPIFFE id, or e-mail), or
+    /// a SHA-256 fingerprint (hex, colons allowed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mtls_identities: Vec<String>,
 }
 
 /// A consumer's basic-auth user.

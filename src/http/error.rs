@@ -56,6 +56,9 @@ pub enum GatewayError {
     AuthUnavailable,
     /// A policy refused the request: 403.
     Forbidden(&'static str),
+    /// The bearer token lacks a scope the route requires: 403 with
+    /// `WWW-Authenticate: Bearer error="insufficient_scope"` (RFC 6750 §3.1).
+    InsufficientScope,
     /// No endpoint of the upstream can take the request.
     NoEndpoint { upstream: String },
     /// Connecting to the upstream failed or timed out.
@@ -85,7 +88,7 @@ impl GatewayError {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            Self::Forbidden(_) => StatusCode::FORBIDDEN,
+            Self::Forbidden(_) | Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::NoEndpoint { .. } | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. }
             | Self::UpstreamReset { .. }
@@ -111,6 +114,7 @@ impl GatewayError {
             Self::LoopDetected => "loop_detected",
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden(_) => "forbidden",
+            Self::InsufficientScope => "insufficient_scope",
             Self::NoEndpoint { .. } => "no_endpoint",
             Self::AuthUnavailable => "auth_unavailable",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
@@ -135,7 +139,8 @@ impl GatewayError {
             | Self::RequestTimeout
             | Self::LoopDetected
             | Self::Unauthorized { .. }
-            | Self::Forbidden(_) => ErrorSide::Downstream,
+            | Self::Forbidden(_)
+            | Self::InsufficientScope => ErrorSide::Downstream,
             Self::NoEndpoint { .. }
             | Self::UpstreamConnect { .. }
             | Self::UpstreamTimeout { .. }
@@ -168,6 +173,7 @@ impl GatewayError {
             Self::RequestTimeout => "request body not received in time",
             Self::LoopDetected => "request loop detected",
             Self::Unauthorized { reason, .. } | Self::Forbidden(reason) => reason,
+            Self::InsufficientScope => "the token lacks a required scope",
             Self::NoEndpoint { .. } => "no upstream endpoint available",
             Self::AuthUnavailable => "authentication is unavailable, try again later",
             Self::UpstreamConnect { .. } => "could not connect to the upstream service",
@@ -211,6 +217,12 @@ impl GatewayError {
                 challenge: Some(c), ..
             } => {
                 headers.insert(WWW_AUTHENTICATE, c);
+            }
+            Self::InsufficientScope => {
+                headers.insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+                );
             }
             _ => {}
         }

@@ -110,10 +110,7 @@ impl ApiKey {
         let Some(consumer) = self.consumers.by_api_key(&key) else {
             return Err(unauthorized("invalid API key"));
         };
-        let who = Identity {
-            consumer: Some(consumer.clone()),
-            credential: "api_key",
-        };
+        let who = Identity::new(Some(consumer.clone()), "api_key");
         if self.strip {
             req.headers_mut().remove(&self.header);
             // What is forwarded is built from the context's target.

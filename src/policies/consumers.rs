@@ -36,6 +36,20 @@ pub struct Identity {
     pub consumer: Option<Arc<Consumer>>,
     /// The policy type that authenticated the request (`api_key`, `jwt`, ...).
     pub credential: &'static str,
+    /// The request carried no valid credential and was let through as the
+    /// configured anonymous consumer.
+    pub anonymous: bool,
+}
+
+impl Identity {
+    /// An identity made by `credential` for `consumer`.
+    pub fn new(consumer: Option<Arc<Consumer>>, credential: &'static str) -> Self {
+        Self {
+            consumer,
+            credential,
+            anonymous: false,
+        }
+    }
 }
 
 /// The headers written for an authenticated request.
@@ -53,7 +67,20 @@ pub struct Consumers {
     list: Vec<Arc<Consumer>>,
     by_key: HashMap<[u8; 32], usize>,
     by_subject: HashMap<String, usize>,
+    by_user: HashMap<String, (usize, Arc<str>)>,
+    by_cert: HashMap<String, usize>,
+    anonymous_header: Option<HeaderName>,
     headers: IdentityHeaders,
+}
+
+/// The lookup form of a certificate identity: fingerprints lose colons and case.
+fn cert_key(id: &str) -> String {
+    let bare: String = id.chars().filter(|c| *c != ':').collect();
+    if bare.len() == 64 && bare.chars().all(|c| c.is_ascii_hexdigit()) {
+        bare.to_ascii_lowercase()
+    } else {
+        id.to_string()
+    }
 }
 
 /// SHA-256 of `data`.
@@ -105,6 +132,11 @@ impl Consumers {
                     p,
                 ),
             },
+            anonymous_header: header_name(
+                "server.consumer_headers.anonymous",
+                &headers.anonymous,
+                p,
+            ),
             ..Self::default()
         };
         let mut names: HashMap<&str, usize> = HashMap::new();
@@ -146,17 +178,29 @@ impl Consumers {
                     );
                 }
             }
-            if let Some(b) = &spec.basic_auth {
-                let h = &b.password_hash;
-                if !(h.starts_with("$argon2id$")
-                    || h.starts_with("$2b$")
-                    || h.starts_with("$2a$")
-                    || h.starts_with("$2y$"))
-                {
+            for (k, id) in spec.mtls_identities.iter().enumerate() {
+                if let Some(other) = out.by_cert.insert(cert_key(id), i) {
                     p.push(
-                        format!("{path}.basic_auth.password_hash"),
-                        "must be an argon2id (`$argon2id$...`) or bcrypt (`$2b$...`) hash",
+                        format!("{path}.mtls_identities[{k}]"),
+                        format!("`{id}` is also an identity of consumers[{other}]"),
                     );
+                }
+            }
+            if let Some(b) = &spec.basic_auth {
+                let at = format!("{path}.basic_auth");
+                match super::basic_auth::check_hash(&b.password_hash) {
+                    Err(e) => p.push(format!("{at}.password_hash"), e),
+                    Ok(()) => {
+                        if let Some((other, _)) = out
+                            .by_user
+                            .insert(b.username.clone(), (i, Arc::from(b.password_hash.as_str())))
+                        {
+                            p.push(
+                                format!("{at}.username"),
+                                format!("`{}` is also the user of consumers[{other}]", b.username),
+                            );
+                        }
+                    }
                 }
             }
             out.list.push(Arc::new(Consumer {
@@ -190,6 +234,27 @@ impl Consumers {
         self.list.get(*self.by_subject.get(subject)?)
     }
 
+    /// The consumer whose basic-auth user is `username`, with its password hash.
+    pub fn by_basic_user(&self, username: &str) -> Option<(&Arc<Consumer>, &Arc<str>)> {
+        let (i, hash) = self.by_user.get(username)?;
+        Some((self.list.get(*i)?, hash))
+    }
+
+    /// The consumer a verified client certificate belongs to: by fingerprint, then any
+    /// SAN, then the subject.
+    pub fn by_certificate(
+        &self,
+        id: &crate::tls::identity::ClientIdentity,
+    ) -> Option<&Arc<Consumer>> {
+        std::iter::once(&id.fingerprint)
+            .chain(id.uris.iter())
+            .chain(id.dns.iter())
+            .chain(id.emails.iter())
+            .chain(std::iter::once(&id.subject))
+            .find_map(|k| self.by_cert.get(&cert_key(k)))
+            .and_then(|i| self.list.get(*i))
+    }
+
     /// The consumer called `name`.
     pub fn by_name(&self, name: &str) -> Option<&Arc<Consumer>> {
         self.list.iter().find(|c| &*c.name == name)
@@ -208,6 +273,11 @@ impl Consumers {
     /// Writes the identity headers for `who` into a request's headers.
     pub fn write_headers(&self, who: &Identity, headers: &mut HeaderMap) {
         let h = &self.headers;
+        if who.anonymous {
+            if let Some(name) = &self.anonymous_header {
+                headers.insert(name.clone(), HeaderValue::from_static("true"));
+            }
+        }
         if let Some(name) = &h.credential {
             headers.insert(name.clone(), HeaderValue::from_static(who.credential));
         }
@@ -237,6 +307,7 @@ mod tests {
             api_keys: keys.iter().map(|k| (*k).to_string()).collect(),
             basic_auth: None,
             jwt_subjects: vec![],
+            mtls_identities: vec![],
         }
     }
 

@@ -8,10 +8,14 @@
 
 pub mod acl;
 pub mod api_key;
+pub mod auth;
+pub mod basic_auth;
 pub mod consumers;
 pub mod headers;
 pub mod ip_restriction;
 pub mod jwt;
+pub mod mtls;
+pub mod oauth2_introspection;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +37,14 @@ pub enum PolicySpec {
     IpRestriction(ip_restriction::IpRestrictionSpec),
     /// Authenticate by a JSON Web Token.
     Jwt(jwt::JwtSpec),
+    /// Authenticate by HTTP Basic credentials of a consumer.
+    BasicAuth(basic_auth::BasicAuthSpec),
+    /// Authenticate by the verified client certificate.
+    Mtls(mtls::MtlsSpec),
+    /// Authenticate an opaque token at the authorization server (RFC 7662).
+    Oauth2Introspection(oauth2_introspection::IntrospectionSpec),
+    /// Several authentication policies as alternatives or all required.
+    Auth(auth::AuthSpec),
 }
 
 /// What a policy may know when it is built for one route.
@@ -56,6 +68,10 @@ impl PolicySpec {
             Self::Acl(_) => "acl",
             Self::IpRestriction(_) => "ip_restriction",
             Self::Jwt(_) => "jwt",
+            Self::BasicAuth(_) => "basic_auth",
+            Self::Mtls(_) => "mtls",
+            Self::Oauth2Introspection(_) => "oauth2_introspection",
+            Self::Auth(_) => "auth",
         }
     }
 
@@ -67,6 +83,10 @@ impl PolicySpec {
             Self::Acl(s) => s.name.as_deref(),
             Self::IpRestriction(s) => s.name.as_deref(),
             Self::Jwt(s) => s.name.as_deref(),
+            Self::BasicAuth(s) => s.name.as_deref(),
+            Self::Mtls(s) => s.name.as_deref(),
+            Self::Oauth2Introspection(s) => s.name.as_deref(),
+            Self::Auth(s) => s.name.as_deref(),
         }
     }
 
@@ -80,6 +100,15 @@ impl PolicySpec {
                 ip_restriction::IpRestriction::build(path, s, cx, p).map(Policy::IpRestriction)
             }
             Self::Jwt(s) => jwt::Jwt::build(path, s, cx, p).map(Policy::Jwt),
+            Self::BasicAuth(s) => {
+                basic_auth::BasicAuth::build(path, s, cx, p).map(Policy::BasicAuth)
+            }
+            Self::Mtls(s) => mtls::Mtls::build(path, s, cx, p).map(Policy::Mtls),
+            Self::Oauth2Introspection(s) => {
+                oauth2_introspection::Introspection::build(path, s, cx, p)
+                    .map(|i| Policy::Oauth2Introspection(Box::new(i)))
+            }
+            Self::Auth(s) => auth::Auth::build(path, s, cx, p).map(Policy::Auth),
         }
     }
 }
@@ -96,6 +125,14 @@ pub enum Policy {
     IpRestriction(ip_restriction::IpRestriction),
     /// See [`jwt`].
     Jwt(jwt::Jwt),
+    /// See [`basic_auth`].
+    BasicAuth(basic_auth::BasicAuth),
+    /// See [`mtls`].
+    Mtls(mtls::Mtls),
+    /// See [`oauth2_introspection`].
+    Oauth2Introspection(Box<oauth2_introspection::Introspection>),
+    /// See [`auth`].
+    Auth(auth::Auth),
     /// Records calls and answers as told: for the pipeline's own tests.
     #[cfg(test)]
     Probe(crate::pipeline::tests::Probe),
@@ -110,6 +147,10 @@ impl Policy {
             Self::Acl(_) => "acl",
             Self::IpRestriction(_) => "ip_restriction",
             Self::Jwt(_) => "jwt",
+            Self::BasicAuth(_) => "basic_auth",
+            Self::Mtls(_) => "mtls",
+            Self::Oauth2Introspection(_) => "oauth2_introspection",
+            Self::Auth(_) => "auth",
             #[cfg(test)]
             Self::Probe(_) => "probe",
         }
@@ -132,6 +173,10 @@ impl Policy {
                 Ok(done) => done,
                 Err(token) => Box::pin(p.on_request_remote(ctx, req, token)).await,
             },
+            Self::BasicAuth(p) => Box::pin(p.on_request(ctx, req)).await,
+            Self::Mtls(p) => p.on_request(ctx, req),
+            Self::Oauth2Introspection(p) => Box::pin(p.on_request(ctx, req)).await,
+            Self::Auth(p) => Box::pin(p.on_request(ctx, req)).await,
             #[cfg(test)]
             Self::Probe(p) => p.on_request(),
         }
@@ -145,6 +190,10 @@ impl Policy {
             Self::Acl(p) => p.on_response(ctx, resp),
             Self::IpRestriction(p) => p.on_response(ctx, resp),
             Self::Jwt(p) => p.on_response(ctx, resp),
+            Self::BasicAuth(p) => p.on_response(ctx, resp),
+            Self::Mtls(p) => p.on_response(ctx, resp),
+            Self::Oauth2Introspection(p) => p.on_response(ctx, resp),
+            Self::Auth(p) => p.on_response(ctx, resp),
             #[cfg(test)]
             Self::Probe(p) => p.on_response(resp),
         }

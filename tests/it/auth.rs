@@ -228,3 +228,250 @@ async fn bad_consumers_and_auth_policies_are_config_errors_with_their_paths() {
         "{errors}"
     );
 }
+
+fn argon2id(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let params = argon2::Params::new(1024, 1, 1, None).unwrap();
+    let hasher = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+    let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0").unwrap();
+    hasher
+        .hash_password(password.as_bytes(), &salt)
+        .unwrap()
+        .to_string()
+}
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// An RFC 7662 introspection endpoint: `good` and `reader` are active tokens.
+async fn authorization_server(down: std::sync::Arc<std::sync::atomic::AtomicBool>) -> Upstream {
+    upstream_fn(move |req| {
+        let down = down.clone();
+        async move {
+            use http_body_util::BodyExt;
+            let creds = req.headers().get("authorization").cloned();
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let form = String::from_utf8_lossy(&body).into_owned();
+            let reply = |status: u16, v: serde_json::Value| {
+                let mut r = http::Response::new(http_body_util::Full::new(bytes::Bytes::from(v.to_string())));
+                *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                r
+            };
+            if down.load(std::sync::atomic::Ordering::SeqCst) {
+                return reply(500, serde_json::json!({}));
+            }
+            // RFC 6749 §2.3.1: the secret is form-encoded before the Basic encoding.
+            let expected = basic("gateway", "s3cret%2B%2F%3D");
+            if creds.as_ref().and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+                return reply(401, serde_json::json!({"error": "invalid_client"}));
+            }
+            let exp = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + 600;
+            match form.as_str() {
+                "token=good&token_type_hint=access_token" => reply(200, serde_json::json!({"active": true, "sub": "alice", "scope": "orders:read orders:write", "exp": exp})),
+                "token=reader&token_type_hint=access_token" => reply(200, serde_json::json!({"active": true, "sub": "someone", "scope": "orders:read", "exp": exp})),
+                _ => reply(200, serde_json::json!({"active": false})),
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn basic_auth_introspection_and_auth_alternatives() {
+    let up = echo("app").await;
+    let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let idp = authorization_server(down.clone()).await;
+    let bcrypt_hash = bcrypt::hash("bob-password", 4).unwrap();
+    let yaml = format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:0"}}]
+access_log: {{enabled: false}}
+consumers:
+  - {{name: acme, groups: [partners], api_keys: ["{ACME_KEY}"], basic_auth: {{username: acme, password_hash: "{argon}"}}}}
+  - {{name: bob, basic_auth: {{username: bob, password_hash: "{bcrypt_hash}"}}}}
+  - {{name: alice, jwt_subjects: [alice]}}
+  - {{name: guest, groups: [anonymous]}}
+upstreams:
+  app: {{endpoints: ["{up}"]}}
+routes:
+  - name: basic
+    match: {{prefix: /basic}}
+    upstream: app
+    policies: [{{type: basic_auth, realm: shop}}]
+  - name: introspect
+    match: {{prefix: /introspect}}
+    upstream: app
+    policies:
+      - type: oauth2_introspection
+        endpoint: "http://{idp}/introspect"
+        client_id: gateway
+        client_secret: "s3cret+/="
+        required_scopes: [orders:read]
+        timeout: 500ms
+      - {{type: acl, allow: {{scopes: [orders:write]}}}}
+  - name: either
+    match: {{prefix: /either}}
+    upstream: app
+    policies:
+      - type: auth
+        any:
+          - {{type: api_key}}
+          - {{type: basic_auth}}
+  - name: open
+    match: {{prefix: /open}}
+    upstream: app
+    policies:
+      - {{type: auth, any: [{{type: api_key}}], anonymous: guest}}
+  - name: both
+    match: {{prefix: /both}}
+    upstream: app
+    policies:
+      - type: auth
+        all:
+          - {{type: api_key}}
+          - {{type: basic_auth}}
+"#,
+        argon = argon2id("acme-password"),
+        idp = idp.addr,
+        up = up.addr,
+    );
+    let gw = gateway(&yaml).await;
+    let base = url(&gw, "public");
+
+    // basic_auth: argon2id and bcrypt hashes; wrong password, unknown user, no header.
+    let r = get(
+        &format!("{base}/basic/x"),
+        &[("authorization", &basic("acme", "acme-password"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.echo().header("x-consumer-username"), Some("acme"));
+    assert_eq!(
+        r.echo().header("authorization"),
+        None,
+        "the credentials were forwarded"
+    );
+    let r = get(
+        &format!("{base}/basic/x"),
+        &[("authorization", &basic("bob", "bob-password"))],
+    )
+    .await;
+    assert_eq!(r.echo().header("x-consumer-username"), Some("bob"));
+    for (user, pw) in [("acme", "wrong"), ("nobody", "x"), ("bob", "")] {
+        let r = get(
+            &format!("{base}/basic/x"),
+            &[("authorization", &basic(user, pw))],
+        )
+        .await;
+        assert_refused(&r, 401, Some("Basic realm=\"shop\", charset=\"UTF-8\""));
+    }
+    assert_refused(
+        &get(&format!("{base}/basic/x"), &[]).await,
+        401,
+        Some("Basic realm=\"shop\", charset=\"UTF-8\""),
+    );
+
+    // Introspection: active with both scopes; a reader lacks orders:write (403 from
+    // acl); an inactive token is 401; answers are cached.
+    let bearer = |t: &str| format!("Bearer {t}");
+    let r = get(
+        &format!("{base}/introspect/x"),
+        &[("authorization", &bearer("good"))],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.echo().header("x-consumer-username"), Some("alice"));
+    let r = get(
+        &format!("{base}/introspect/x"),
+        &[("authorization", &bearer("reader"))],
+    )
+    .await;
+    assert_refused(&r, 403, None);
+    let r = get(
+        &format!("{base}/introspect/x"),
+        &[("authorization", &bearer("revoked"))],
+    )
+    .await;
+    assert_refused(&r, 401, Some("Bearer error=\"invalid_token\""));
+    let calls = idp.hits();
+    for _ in 0..5 {
+        let r = get(
+            &format!("{base}/introspect/x"),
+            &[("authorization", &bearer("good"))],
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        let r = get(
+            &format!("{base}/introspect/x"),
+            &[("authorization", &bearer("revoked"))],
+        )
+        .await;
+        assert_eq!(r.status, 401);
+    }
+    assert_eq!(idp.hits(), calls, "cached answers were asked again");
+    // The server down: a token never seen is 503 (fail closed), a cached one still works.
+    down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let r = get(
+        &format!("{base}/introspect/x"),
+        &[("authorization", &bearer("new-token"))],
+    )
+    .await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error_code(), "auth_unavailable");
+    let r = get(
+        &format!("{base}/introspect/x"),
+        &[("authorization", &bearer("good"))],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+
+    // any: either credential; none gives both challenges.
+    let r = get(&format!("{base}/either/x"), &[("x-api-key", ACME_KEY)]).await;
+    assert_eq!(r.echo().header("x-consumer-username"), Some("acme"));
+    let r = get(
+        &format!("{base}/either/x"),
+        &[("authorization", &basic("bob", "bob-password"))],
+    )
+    .await;
+    assert_eq!(r.echo().header("x-consumer-username"), Some("bob"));
+    let r = get(&format!("{base}/either/x"), &[]).await;
+    assert_refused(
+        &r,
+        401,
+        Some("ApiKey, Basic realm=\"turnpike\", charset=\"UTF-8\""),
+    );
+    // anonymous: no credential is the guest consumer, flagged for the upstream.
+    let r = get(
+        &format!("{base}/open/x"),
+        &[("x-anonymous-consumer", "false")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = r.echo();
+    assert_eq!(seen.header("x-consumer-username"), Some("guest"));
+    assert_eq!(seen.header("x-anonymous-consumer"), Some("true"));
+    let r = get(&format!("{base}/open/x"), &[("x-api-key", ACME_KEY)]).await;
+    assert_eq!(r.echo().header("x-consumer-username"), Some("acme"));
+    assert_eq!(r.echo().header("x-anonymous-consumer"), None);
+    // all: both credentials are needed.
+    let r = get(&format!("{base}/both/x"), &[("x-api-key", ACME_KEY)]).await;
+    assert_refused(&r, 401, Some("Basic realm=\"turnpike\", charset=\"UTF-8\""));
+    let r = get(
+        &format!("{base}/both/x"),
+        &[
+            ("x-api-key", ACME_KEY),
+            ("authorization", &basic("acme", "acme-password")),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}

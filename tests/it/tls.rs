@@ -878,3 +878,69 @@ async fn upstream_mtls_presents_the_client_certificate() {
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
 }
+
+#[tokio::test]
+async fn mtls_policy_maps_certificates_to_consumers_and_checks_sans() {
+    let pki = Pki::new("mtlspol");
+    let up = echo("u").await;
+    pki.issue("a", "a.test", &["a.test"], 10, false);
+    pki.issue("bob", "bob", &["bob.clients.test"], 20, true);
+    pki.issue("eve", "eve", &["eve.elsewhere.test"], 21, true);
+    let yaml = format!(
+        r#"
+listeners:
+  - name: tls
+    address: "127.0.0.1:0"
+    tls:
+      certificates: [{{cert: {a}.pem, key: {a}.key}}]
+      client_auth: {{mode: optional, ca: {ca}}}
+access_log: {{enabled: false}}
+consumers:
+  - {{name: bob, groups: [clients], mtls_identities: [bob.clients.test]}}
+upstreams:
+  echo: {{endpoints: ["{up}"]}}
+routes:
+  - name: partners
+    match: {{prefix: /partners}}
+    upstream: echo
+    policies:
+      - {{type: mtls, allowed_sans: ["*.clients.test"]}}
+  - name: strict
+    match: {{prefix: /strict}}
+    upstream: echo
+    policies:
+      - {{type: mtls, require_consumer: true}}
+"#,
+        a = pki.path("a"),
+        ca = pki.path("ca.pem"),
+        up = up.addr,
+    );
+    let gw = gateway(&yaml).await;
+    let addr = gw.listener_addr("tls").unwrap();
+    let over = |cert: Option<&'static str>, path: &'static str| {
+        let cfg = client_config(&pki, &[], cert.map(|c| (&pki, c)));
+        async move {
+            let tls = handshake(addr, cfg, "a.test").await.unwrap();
+            get_over(tls, "a.test", path, "").await.unwrap()
+        }
+    };
+    // No certificate on a route that needs one: 403, and nothing reached the upstream.
+    let resp = over(None, "/partners/x").await;
+    assert!(resp.starts_with("HTTP/1.1 403 "), "{resp}");
+    assert!(resp.contains("\"code\":\"forbidden\""), "{resp}");
+    // A valid certificate with the wrong SAN: 403.
+    let resp = over(Some("eve"), "/partners/x").await;
+    assert!(resp.starts_with("HTTP/1.1 403 "), "{resp}");
+    assert_eq!(up.hits(), 0);
+    // The right SAN: the consumer it maps to reaches the upstream.
+    let resp = over(Some("bob"), "/partners/x").await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+    let seen: Echo = serde_json::from_str(body_of(&resp)).unwrap();
+    assert_eq!(seen.header("x-consumer-username"), Some("bob"));
+    assert_eq!(seen.header("x-credential-identifier"), Some("mtls"));
+    // require_consumer: eve's certificate is valid but belongs to no consumer.
+    let resp = over(Some("eve"), "/strict/x").await;
+    assert!(resp.starts_with("HTTP/1.1 403 "), "{resp}");
+    let resp = over(Some("bob"), "/strict/x").await;
+    assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
+}

@@ -544,10 +544,7 @@ impl Jwt {
             .and_then(|v| v.as_str())
             .and_then(|s| self.consumers.by_jwt_subject(s))
             .cloned();
-        let who = Identity {
-            consumer,
-            credential: "jwt",
-        };
+        let who = Identity::new(consumer, "jwt");
         let headers = req.headers_mut();
         if !self.forward_token {
             headers.remove(&self.header);
