@@ -10,6 +10,8 @@ the same run. Workloads:
   W1-TLS  the same over TLS (examples/tls certificate, ECDSA P-256), nginx with TLS too;
       the upstream stays plain HTTP
   latency  added p50/p99 over direct at a fixed 1,000 requests/s (oha)
+  W2a W1 plus jwt HS256 (iss, aud, exp checked); W2b W1 plus api_key; both against
+      turnpike plain and nginx plain in the same rounds
   W4  memory: RSS at start (quickstart config), bytes per idle keep-alive connection
       (5000 connections after one request each), peak RSS at 1000 active connections
   counts  (--counts) user-space instructions per request (callgrind) and system calls
@@ -38,6 +40,30 @@ RELEASE = ROOT / "target" / "release"
 PORTS = {"upstream": 19100, "nginx": 19200, "turnpike": 19300, "admin": 19301}
 PROXY_CORE, LOAD_CORE = "0", "1"
 CERT, KEY = ROOT / "examples" / "tls" / "server.pem", ROOT / "examples" / "tls" / "server.key"
+
+
+def hs256_token(secret, claims):
+    """A compact JWS signed with HS256 (no library needed)."""
+    import base64, hashlib, hmac
+    b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    signing_input = b64(b'{"alg":"HS256","typ":"JWT"}') + "." + b64(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + b64(sig)
+
+
+JWT_SECRET = "bench-secret-of-at-least-32-bytes-long"
+API_KEY = "bench-api-key-0123456789abcdef"
+JWT = hs256_token(JWT_SECRET, {"iss": "https://id.bench", "aud": "api", "sub": "bench", "exp": 4102444800})
+# turnpike with a policy: config file, and the header each request carries.
+VARIANTS = {
+    "turnpike-w2a": (ROOT / "bench" / "turnpike-w2a.yaml", f"Authorization: Bearer {JWT}"),
+    "turnpike-w2b": (ROOT / "bench" / "turnpike-w2b.yaml", f"x-api-key: {API_KEY}"),
+}
+
+
+def port_of(name):
+    """Every turnpike variant listens on turnpike's port (one runs at a time)."""
+    return PORTS["turnpike" if name.startswith("turnpike") else name]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -121,7 +147,8 @@ class Proxies:
         env = dict(os.environ)
         env.update(BENCH_PROXY_PORT=str(PORTS["turnpike"]), BENCH_ADMIN_PORT=str(PORTS["admin"]),
                    BENCH_UPSTREAM_PORT=str(PORTS["upstream"]), TURNPIKE_LOG="error",
-                   BENCH_CERT=str(CERT), BENCH_KEY=str(KEY))
+                   BENCH_CERT=str(CERT), BENCH_KEY=str(KEY),
+                   BENCH_JWT_SECRET=JWT_SECRET, BENCH_API_KEY=API_KEY)
         return env
 
     def turnpike_cmd(self, config=None):
@@ -132,8 +159,9 @@ class Proxies:
         if name == "nginx":
             p = spawn(list(wrapper) + self.nginx_cmd(), PROXY_CORE)
         else:
-            p = spawn(list(wrapper) + self.turnpike_cmd(), PROXY_CORE, env=self.turnpike_env())
-        wait_port(PORTS[name], timeout=120)
+            config = VARIANTS.get(name, (None, None))[0]
+            p = spawn(list(wrapper) + self.turnpike_cmd(config), PROXY_CORE, env=self.turnpike_env())
+        wait_port(port_of(name), timeout=120)
         self.procs[name] = p
         return p
 
@@ -143,10 +171,12 @@ class Proxies:
         self.procs.clear()
 
 
-def run_wrk(port, seconds, connections=50, path="/", scheme="http"):
+def run_wrk(port, seconds, connections=50, path="/", scheme="http", header=None):
     """Runs wrk on the load core; returns (requests, errors, non_2xx, rps, wrk_ticks)."""
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
            f"{scheme}://127.0.0.1:{port}{path}"]
+    if header:
+        cmd[4:4] = ["-H", header]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = p.communicate()
     m = re.search(r"(\d+) requests in", out)
@@ -157,11 +187,11 @@ def run_wrk(port, seconds, connections=50, path="/", scheme="http"):
     return requests, errors, non2xx, rps, out
 
 
-def measure(target_pid, upstream_pid, port, seconds, warmup, scheme="http"):
-    run_wrk(port, warmup, scheme=scheme)
+def measure(target_pid, upstream_pid, port, seconds, warmup, scheme="http", header=None):
+    run_wrk(port, warmup, scheme=scheme, header=header)
     before = (cpu_ticks(target_pid), cpu_ticks(upstream_pid), system_ticks())
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    requests, errors, non2xx, rps, out = run_wrk(port, seconds, scheme=scheme)
+    requests, errors, non2xx, rps, out = run_wrk(port, seconds, scheme=scheme, header=header)
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = (cpu_ticks(target_pid), cpu_ticks(upstream_pid), system_ticks())
     proxy_s = (after[0] - before[0]) / TICKS
@@ -181,12 +211,16 @@ def measure(target_pid, upstream_pid, port, seconds, warmup, scheme="http"):
     }
 
 
-def check_guard(port, scheme="http"):
+def check_guard(port, scheme="http", header=None):
     """0 socket errors, 0 unexpected statuses, the right body, before timing."""
     import ssl
     ctx = ssl.create_default_context(cafile=str(ROOT / "examples" / "tls" / "ca.pem"))
     ctx.check_hostname = False
-    body = urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/", timeout=5, context=ctx if scheme == "https" else None).read()
+    req = urllib.request.Request(f"{scheme}://127.0.0.1:{port}/")
+    if header:
+        k, v = header.split(": ", 1)
+        req.add_header(k, v)
+    body = urllib.request.urlopen(req, timeout=5, context=ctx if scheme == "https" else None).read()
     if body != b'{"ok":true,"msg":"hello"}':
         raise SystemExit(f"unexpected body from port {port}: {body!r}")
 
@@ -242,6 +276,40 @@ def w1(args, proxies, tls=False):
         "ratio_turnpike_nginx": {"median": statistics.median(ratio), "min": min(ratio), "max": max(ratio)},
         "load_core_pct": stat("turnpike", "load_core_pct"),
     }
+
+
+def w2(args, proxies):
+    """W2a (jwt HS256) and W2b (api_key) against turnpike plain and nginx plain, the
+    four measured in every round, in turn, against the same upstream."""
+    upstream = proxies.start_upstream()
+    names = ["nginx", "turnpike", "turnpike-w2a", "turnpike-w2b"]
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        for name in names:
+            header = VARIANTS.get(name, (None, None))[1]
+            proc = proxies.start(name)
+            check_guard(port_of(name), header=header)
+            row[name] = measure(proc.pid, upstream.pid, port_of(name), args.duration, args.warmup, header=header)
+            stop(proc)
+            proxies.procs.pop(name, None)
+        reasons = [f"{n} foreign {m['foreign_pct']:.1f}%" for n, m in row.items() if m["foreign_pct"] > 5]
+        reasons += [f"{n} {m['errors']} socket errors, {m['non2xx']} non-2xx" for n, m in row.items() if m["errors"] or m["non2xx"]]
+        row["kept"] = not reasons
+        row["discarded_because"] = reasons
+        log(f"W2 round {r + 1}: " + ", ".join(f"{n} {row[n]['cpu_us_per_req']:.2f}us" for n in names)
+            + ("" if row["kept"] else f"  [discarded: {'; '.join(reasons)}]"))
+        rounds.append(row)
+    proxies.stop_all()
+    kept = [r for r in rounds if r["kept"]] or rounds
+    med = lambda f: statistics.median(f(r) for r in kept)
+    out = {"rounds": rounds, "kept": len(kept),
+           "cpu_us_per_req": {n: med(lambda r, n=n: r[n]["cpu_us_per_req"]) for n in names}}
+    for v in ["turnpike-w2a", "turnpike-w2b"]:
+        out[f"{v}_over_turnpike"] = med(lambda r, v=v: r[v]["cpu_us_per_req"] / r["turnpike"]["cpu_us_per_req"])
+        out[f"{v}_over_nginx"] = med(lambda r, v=v: r[v]["cpu_us_per_req"] / r["nginx"]["cpu_us_per_req"])
+    out["turnpike_over_nginx"] = med(lambda r: r["turnpike"]["cpu_us_per_req"] / r["nginx"]["cpu_us_per_req"])
+    return out
 
 
 def hold_idle_connections(port, n):
@@ -344,13 +412,15 @@ def counts(args, proxies):
     upstream = proxies.start_upstream()
     out = {}
     n, warm = args.count_requests, 2000
-    for name in ["nginx", "turnpike"]:
+    names = ["nginx", "turnpike"] + (["turnpike-w2a", "turnpike-w2b"] if "w2" in args.workloads.split(",") else [])
+    for name in names:
+        header = VARIANTS.get(name, (None, None))[1]
         cg = Path(tempfile.mkdtemp()) / "callgrind.out"
         proc = proxies.start(name, wrapper=["valgrind", "--tool=callgrind", f"--callgrind-out-file={cg}"])
-        port = PORTS[name]
-        h2load(port, warm)
+        port = port_of(name)
+        h2load(port, warm, header)
         subprocess.run(["callgrind_control", "-z", str(proc.pid)], capture_output=True)
-        h2load(port, n)
+        h2load(port, n, header)
         subprocess.run(["callgrind_control", "-d", str(proc.pid)], capture_output=True)
         time.sleep(1)
         dumps = sorted(cg.parent.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
@@ -361,11 +431,11 @@ def counts(args, proxies):
         stop(proc)
         proxies.procs.pop(name, None)
         proc = proxies.start(name)
-        h2load(port, warm)
+        h2load(port, warm, header)
         trace = subprocess.Popen(["strace", "-c", "-f", "-p", str(proc.pid), "-o", str(cg.parent / "strace.txt")],
                                  stderr=subprocess.DEVNULL)
         time.sleep(0.5)
-        h2load(port, n)
+        h2load(port, n, header)
         trace.send_signal(signal.SIGINT)
         trace.wait(10)
         calls = 0
@@ -379,6 +449,9 @@ def counts(args, proxies):
         log(f"counts {name}: {total / n:.0f} instructions, {calls / n:.2f} syscalls per request")
     stop(upstream)
     proxies.procs.clear()
+    for v in ["turnpike-w2a", "turnpike-w2b"]:
+        if v in out:
+            out[f"{v}_added_instructions"] = out[v]["instructions_per_req"] - out["turnpike"]["instructions_per_req"]
     out["instructions_ratio"] = out["turnpike"]["instructions_per_req"] / out["nginx"]["instructions_per_req"]
     out["syscalls_ratio"] = out["turnpike"]["syscalls_per_req"] / out["nginx"]["syscalls_per_req"]
     return out
@@ -389,8 +462,9 @@ def shutil_which(cmd):
     return which(cmd)
 
 
-def h2load(port, n):
-    subprocess.run(["taskset", "-c", LOAD_CORE, "h2load", "--h1", "-n", str(n), "-c", "10", "-t", "1",
+def h2load(port, n, header=None):
+    extra = ["-H", header] if header else []
+    subprocess.run(["taskset", "-c", LOAD_CORE, "h2load", "--h1", "-n", str(n), "-c", "10", "-t", "1", *extra,
                     f"http://127.0.0.1:{port}/"], capture_output=True, check=True)
 
 
@@ -417,6 +491,16 @@ def report(results):
                   f"| nginx | {l['nginx_added_p50_ms']:+.3f} ms | {l['nginx_added_p99_ms']:+.3f} ms |",
                   f"| turnpike | {l['turnpike_added_p50_ms']:+.3f} ms | {l['turnpike_added_p99_ms']:+.3f} ms |",
                   f"Direct: p50 {l['direct_p50_ms']:.3f} ms, p99 {l['direct_p99_ms']:.3f} ms.", ""]
+    if "w2" in results:
+        w = results["w2"]
+        lines += ["## W2a / W2b: W1 plus jwt HS256, W1 plus api_key", f"Rounds kept: {w['kept']} of {len(w['rounds'])}.", "",
+                  "| target | CPU µs/request (median) | / turnpike plain | / nginx plain |", "|---|---|---|---|"]
+        c = w["cpu_us_per_req"]
+        lines.append(f"| nginx plain | {c['nginx']:.2f} | | 1.00 |")
+        lines.append(f"| turnpike plain | {c['turnpike']:.2f} | 1.00 | {w['turnpike_over_nginx']:.2f} |")
+        for v, label in [("turnpike-w2a", "turnpike + jwt (W2a)"), ("turnpike-w2b", "turnpike + api_key (W2b)")]:
+            lines.append(f"| {label} | {c[v]:.2f} | {w[v + '_over_turnpike']:.2f} | {w[v + '_over_nginx']:.2f} |")
+        lines.append("")
     if "w4" in results:
         m = results["w4"]
         lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",
@@ -426,8 +510,9 @@ def report(results):
     if "counts" in results:
         c = results["counts"]
         lines += ["## Noise-free counts (fixed request count)", "| | instructions/request | syscalls/request |", "|---|---|---|"]
-        for n in ["nginx", "turnpike"]:
-            lines.append(f"| {n} | {c[n]['instructions_per_req']:.0f} | {c[n]['syscalls_per_req']:.2f} |")
+        for n in ["nginx", "turnpike", "turnpike-w2a", "turnpike-w2b"]:
+            if n in c:
+                lines.append(f"| {n} | {c[n]['instructions_per_req']:.0f} | {c[n]['syscalls_per_req']:.2f} |")
         lines += ["", f"Ratios turnpike / nginx: instructions {c['instructions_ratio']:.2f}, syscalls {c['syscalls_ratio']:.2f}.", ""]
     return "\n".join(lines)
 
@@ -438,7 +523,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1tls, latency, w4 (empty for none)")
+    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w2, w1tls, latency, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
     ap.add_argument("--latency-rounds", type=int, default=3)
@@ -453,6 +538,8 @@ def main():
             wanted = args.workloads.split(",")
             if "w1" in wanted:
                 results["w1"] = w1(args, proxies)
+            if "w2" in wanted:
+                results["w2"] = w2(args, proxies)
             if "w1tls" in wanted:
                 results["w1tls"] = w1(args, proxies, tls=True)
             if "latency" in wanted:

@@ -23,6 +23,8 @@ pub struct Consumer {
     pub plan: Option<String>,
     /// Its metadata.
     pub metadata: Vec<(String, String)>,
+    /// Its request counters (`turnpike_consumer_requests_total`).
+    pub stats: Arc<crate::telemetry::metrics::ConsumerStats>,
     groups_value: Option<HeaderValue>,
     name_value: Option<HeaderValue>,
     plan_value: Option<HeaderValue>,
@@ -120,7 +122,12 @@ fn header_name(path: &str, name: &str, p: &mut Problems) -> Option<HeaderName> {
 
 impl Consumers {
     /// Compiles `specs`; every problem goes to `p` with its field path.
-    pub fn build(specs: &[ConsumerSpec], headers: &ConsumerHeadersSpec, p: &mut Problems) -> Self {
+    pub fn build(
+        specs: &[ConsumerSpec],
+        headers: &ConsumerHeadersSpec,
+        metrics: &crate::telemetry::metrics::Metrics,
+        p: &mut Problems,
+    ) -> Self {
         let mut out = Self {
             headers: IdentityHeaders {
                 name: header_name("server.consumer_headers.name", &headers.name, p),
@@ -208,6 +215,7 @@ impl Consumers {
                 groups: spec.groups.clone(),
                 plan: spec.plan.clone(),
                 metadata: spec.metadata.clone().into_iter().collect(),
+                stats: metrics.consumer(&spec.name),
                 name_value: HeaderValue::from_str(&spec.name).ok(),
                 groups_value: (!spec.groups.is_empty())
                     .then(|| HeaderValue::from_str(&spec.groups.join(",")).ok())
@@ -321,6 +329,7 @@ mod tests {
         let c = Consumers::build(
             &[spec("acme", &["first-key-of-acme-0001", &digest])],
             &Default::default(),
+            &Default::default(),
             &mut p,
         );
         assert!(p.is_empty());
@@ -346,6 +355,7 @@ mod tests {
         });
         Consumers::build(
             &[bad, spec("acme", &["a-shared-key-0000001"])],
+            &Default::default(),
             &Default::default(),
             &mut p,
         );

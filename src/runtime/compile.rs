@@ -54,6 +54,7 @@ pub fn compile(
     let consumers = Arc::new(Consumers::build(
         &spec.consumers,
         &spec.server.consumer_headers,
+        env.metrics,
         &mut p,
     ));
     let settings = Arc::new(proxy_settings(spec));

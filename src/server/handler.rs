@@ -154,6 +154,13 @@ impl InFlightRequest {
     }
 }
 
+impl InFlightRequest {
+    /// The metrics it counts in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.0
+    }
+}
+
 impl Drop for InFlightRequest {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);

@@ -69,6 +69,12 @@ impl Exchange {
         if let Some(stats) = &ctx.stats {
             stats.record(method_index(&ctx.method), self.status, elapsed);
         }
+        if let Some(who) = &ctx.identity {
+            match &who.consumer {
+                Some(c) => c.stats.record(self.status),
+                None => self._in_flight.metrics().no_consumer.record(self.status),
+            }
+        }
         let Some(log) = &self.log else { return };
         let bytes_in = match &self.bytes_in {
             BytesIn::Known(n) => *n,

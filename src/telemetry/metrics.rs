@@ -100,6 +100,21 @@ pub struct UpstreamStats {
     pub stale_retries: AtomicU64,
 }
 
+/// Requests of one consumer, by status class. The consumers are the configuration's, so
+/// the label's cardinality is bounded by the file; requests authenticated without a
+/// consumer (a valid token whose subject is no consumer's) share the label `""`.
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    by_class: [AtomicU64; 5],
+}
+
+impl ConsumerStats {
+    /// Counts one answered request.
+    pub fn record(&self, status: u16) {
+        self.by_class[class_index(status)].fetch_add(1, Relaxed);
+    }
+}
+
 /// (route, upstream).
 type RouteKey = (Arc<str>, Arc<str>);
 
@@ -128,8 +143,11 @@ pub struct Metrics {
     pub tls_handshake_errors: AtomicU64,
     /// HTTP/1.1 request heads refused by hyper's parser itself (see server::refusals).
     pub http1_parse_errors: AtomicU64,
+    /// Authenticated requests whose credential names no consumer.
+    pub no_consumer: ConsumerStats,
     routes: Mutex<HashMap<RouteKey, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
+    consumers: Mutex<HashMap<Arc<str>, Arc<ConsumerStats>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -154,10 +172,19 @@ impl Metrics {
             .clone()
     }
 
+    /// The counters of consumer `name`. Called when a snapshot is compiled.
+    pub fn consumer(&self, name: &str) -> Arc<ConsumerStats> {
+        lock(&self.consumers)
+            .entry(Arc::from(name))
+            .or_default()
+            .clone()
+    }
+
     /// Forgets counters that no live snapshot uses any more (after a reload).
     pub fn prune(&self) {
         lock(&self.routes).retain(|_, v| Arc::strong_count(v) > 1);
         lock(&self.upstreams).retain(|_, v| Arc::strong_count(v) > 1);
+        lock(&self.consumers).retain(|_, v| Arc::strong_count(v) > 1);
     }
 
     /// The Prometheus text exposition of every metric.
@@ -165,6 +192,7 @@ impl Metrics {
         let mut out = String::with_capacity(16 * 1024);
         self.render_requests(&mut out);
         self.render_upstreams(&mut out);
+        self.render_consumers(&mut out);
         let gauges: [Series; 11] = [
             (
                 "turnpike_requests_in_flight",
@@ -285,6 +313,27 @@ impl Metrics {
             }
         }
         out.push_str(&hist);
+    }
+
+    fn render_consumers(&self, out: &mut String) {
+        let mut list: Vec<(Arc<str>, Arc<ConsumerStats>)> = lock(&self.consumers)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        list.sort_by(|a, b| a.0.cmp(&b.0));
+        out.push_str("# HELP turnpike_consumer_requests_total Authenticated requests answered, by consumer and status class (consumer \"\": authenticated without a consumer).\n# TYPE turnpike_consumer_requests_total counter\n");
+        let rows = list
+            .iter()
+            .map(|(n, s)| (escape(n), &**s))
+            .chain(std::iter::once((String::new(), &self.no_consumer)));
+        for (name, stats) in rows {
+            for (i, class) in CLASSES.iter().enumerate() {
+                let n = stats.by_class[i].load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(out, "turnpike_consumer_requests_total{{consumer=\"{name}\",status_class=\"{class}\"}} {n}");
+                }
+            }
+        }
     }
 
     fn render_upstreams(&self, out: &mut String) {

@@ -140,6 +140,18 @@ async fn api_keys_identify_consumers_and_the_upstream_learns_who_called() {
     assert_eq!(r.echo().header("x-key"), Some(ACME_KEY));
     let r = get(&format!("{base}/keep/x"), &[("x-api-key", ACME_KEY)]).await;
     assert_refused(&r, 401, Some("ApiKey"));
+
+    // Metrics by consumer: refusals after authentication count for the consumer.
+    let series = |c: &str, class: &str| {
+        metric_value(
+            &gw,
+            &format!(
+                "turnpike_consumer_requests_total{{consumer=\"{c}\",status_class=\"{class}\"}}"
+            ),
+        )
+    };
+    assert_eq!(series("acme", "2xx"), Some(3));
+    assert_eq!(series("bob", "4xx"), Some(2));
 }
 
 #[tokio::test]
@@ -474,4 +486,66 @@ routes:
     )
     .await;
     assert_eq!(r.status, 200);
+}
+
+/// The configuration of the authentication issue, as users write it (its `...`
+/// placeholders filled with real values).
+#[tokio::test]
+async fn the_issue_example_validates_and_behaves_as_written() {
+    let up = echo("app").await;
+    // Only this test reads ACME_KEY.
+    std::env::set_var("ACME_KEY", "acme-key-from-the-environment-01");
+    let yaml = format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:0"}}]
+access_log: {{enabled: false}}
+upstreams:
+  app: {{endpoints: ["{up}"]}}
+consumers:                       # named identities, as Kong has them
+  - name: acme
+    groups: [partners]
+    plan: pro                    # read by rate_limit plans (next issue)
+    metadata: {{tier: gold}}       # free-form, can be forwarded
+    api_keys: ["${{ACME_KEY}}", "sha256:2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"]   # plain via env/file, or a SHA-256 digest
+    basic_auth: {{username: acme, password_hash: "{hash}"}}          # argon2id or bcrypt
+  - name: alice
+    groups: [staff]
+    jwt_subjects: [alice]        # a token whose consumer claim (default `sub`) is alice is this consumer
+
+routes:
+  - name: partners
+    match: {{prefix: /partners}}
+    upstream: app
+    policies:
+      - type: api_key            # header x-api-key by default; `query: apikey` to also read a query parameter
+      - type: acl
+        allow: {{groups: [partners]}}
+  - name: users
+    match: {{prefix: /users}}
+    upstream: app
+    policies:
+      - type: jwt
+        providers:
+          - issuer: https://id.example.com
+            audiences: [api]
+            jwks: {{uri: "https://id.example.com/.well-known/jwks.json"}}   # or {{file: keys/jwks.json}} or {{keys: [ ...inline JWKs... ]}}
+        forward_claims: {{x-user-id: sub, x-user-scope: scope}}
+      - type: acl
+        allow: {{scopes: ["orders:read"]}}
+"#,
+        up = up.addr,
+        hash = argon2id("acme-password"),
+    );
+    let loaded = turnpike::config::load_str(&yaml, std::path::Path::new(".")).unwrap();
+    turnpike::runtime::compile::check(loaded).unwrap();
+    let gw = gateway(&yaml).await;
+    let base = url(&gw, "public");
+    for key in ["acme-key-from-the-environment-01", "hello"] {
+        let r = get(&format!("{base}/partners/x"), &[("x-api-key", key)]).await;
+        assert_eq!(r.status, 200, "{key}: {:?}", r.body);
+        assert_eq!(r.echo().header("x-consumer-username"), Some("acme"));
+    }
+    // No token on the JWT route: 401 before any key is needed.
+    let r = get(&format!("{base}/users/1"), &[]).await;
+    assert_refused(&r, 401, Some("Bearer"));
 }
