@@ -161,6 +161,7 @@ mod tests {
         let cx = BuildCx {
             consumers: &consumers,
             base: None,
+            files: &Default::default(),
             route: "users",
             params,
         };

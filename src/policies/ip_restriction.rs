@@ -111,6 +111,7 @@ mod tests {
             params: &[],
             consumers: &consumers,
             base: None,
+            files: &Default::default(),
         };
         let spec = IpRestrictionSpec {
             name: None,
@@ -151,6 +152,7 @@ mod tests {
             params: &[],
             consumers: &consumers,
             base: None,
+            files: &Default::default(),
         };
         let spec = IpRestrictionSpec {
             name: None,

@@ -57,6 +57,8 @@ pub struct BuildCx<'a> {
     pub base: Option<&'a std::path::Path>,
     /// The snapshot's consumers.
     pub consumers: &'a std::sync::Arc<consumers::Consumers>,
+    /// Files a policy read (key files): the snapshot reloads when one changes.
+    pub files: &'a std::cell::RefCell<Vec<std::path::PathBuf>>,
 }
 
 impl PolicySpec {

@@ -51,6 +51,7 @@ pub fn compile(
     let mut p = Problems::default();
     let base = Some(config.base.as_path());
     let clusters = build_clusters(spec, env, base, &mut p);
+    let key_files = std::cell::RefCell::new(Vec::new());
     let consumers = Arc::new(Consumers::build(
         &spec.consumers,
         &spec.server.consumer_headers,
@@ -74,6 +75,7 @@ pub fn compile(
             &clusters,
             &consumers,
             base,
+            &key_files,
             &settings,
             env,
             &mut builders,
@@ -113,6 +115,7 @@ pub fn compile(
         settings,
         access_log: OnceLock::new(),
         unmatched: env.metrics.route("", ""),
+        key_files: key_files.into_inner(),
         config,
     })
 }
@@ -234,6 +237,7 @@ fn compile_route(
     clusters: &HashMap<String, Arc<Cluster>>,
     consumers: &Arc<Consumers>,
     base: Option<&std::path::Path>,
+    key_files: &std::cell::RefCell<Vec<std::path::PathBuf>>,
     settings: &Arc<ProxySettings>,
     env: &CompileEnv<'_>,
     builders: &mut [RouterBuilder<RouteBinding>],
@@ -281,6 +285,7 @@ fn compile_route(
                         params: &params,
                         base,
                         consumers,
+                        files: key_files,
                     };
                     let policies: Vec<Policy> = chosen
                         .iter()

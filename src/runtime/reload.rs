@@ -54,14 +54,32 @@ fn tls_folders(runtime: &Runtime) -> Vec<PathBuf> {
     folders
 }
 
+/// The key files (JWKS, PEM) the active snapshot's policies read, as configured and as
+/// resolved through symlinks.
+fn key_files(runtime: &Runtime) -> Vec<PathBuf> {
+    let snap = runtime.snapshot();
+    let mut files: Vec<PathBuf> = snap
+        .key_files
+        .iter()
+        .flat_map(|f| {
+            let real = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+            let raw = std::path::absolute(f).unwrap_or_else(|_| f.clone());
+            [raw, real]
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
 fn folder(path: &std::path::Path) -> PathBuf {
     path.parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// Reloads when the configuration file, or a TLS file it names, changes, until the
-/// runtime is dropped. A changed certificate reloads even though the configuration text
+/// Reloads when the configuration file, a TLS file it names, or a key file a policy
+/// reads (a JWKS or PEM file of `jwt`) changes, until the runtime is dropped. A changed certificate reloads even though the configuration text
 /// is the same: new handshakes get the new certificate, open connections keep theirs.
 pub fn watch_file(runtime: &Arc<Runtime>) -> notify::Result<()> {
     let Some(path) = runtime.config_path().cloned() else {
@@ -69,6 +87,8 @@ pub fn watch_file(runtime: &Arc<Runtime>) -> notify::Result<()> {
     };
     let path = std::fs::canonicalize(&path).unwrap_or(path);
     let watched = Arc::new(std::sync::Mutex::new(tls_folders(runtime)));
+    let keys = Arc::new(std::sync::Mutex::new(key_files(runtime)));
+    let seen_keys = keys.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<bool>();
     let config_path = path.clone();
     let seen = watched.clone();
@@ -92,12 +112,23 @@ pub fn watch_file(runtime: &Arc<Runtime>) -> notify::Result<()> {
                     .any(|p| folders.iter().any(|f| *f == folder(p)))
             })
             .unwrap_or(false);
-        if config || tls {
-            let _ = tx.send(tls);
+        // A key file (JWKS, PEM) named by a policy: that file only, since it may sit
+        // in a folder with much else (the config's own).
+        let key = seen_keys
+            .lock()
+            .map(|files| event.paths.iter().any(|p| files.iter().any(|f| same(p, f))))
+            .unwrap_or(false);
+        if config || tls || key {
+            let _ = tx.send(tls || key);
         }
     })?;
     let mut folders: Vec<PathBuf> = vec![folder(&path)];
     folders.extend(watched.lock().map(|f| f.clone()).unwrap_or_default());
+    folders.extend(
+        keys.lock()
+            .map(|f| f.iter().map(|k| folder(k)).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
     folders.sort();
     folders.dedup();
     for f in &folders {
@@ -126,22 +157,30 @@ pub fn watch_file(runtime: &Arc<Runtime>) -> notify::Result<()> {
                 }
             }
             let what = if tls_changed {
-                "a TLS file"
+                "a TLS or key file"
             } else {
                 "configuration file"
             };
             tracing::info!(path = %path.display(), "{what} changed: reloading");
             let _ = rt.reload().await;
-            // The new configuration may name other TLS files.
+            // The new configuration may name other TLS and key files.
             let tls = tls_folders(&rt);
-            for dir in &tls {
-                if !folders.contains(dir) {
-                    let _ = watcher.watch(dir, RecursiveMode::NonRecursive);
-                    folders.push(dir.clone());
+            let key_list = key_files(&rt);
+            for dir in tls
+                .iter()
+                .cloned()
+                .chain(key_list.iter().map(|k| folder(k)))
+            {
+                if !folders.contains(&dir) {
+                    let _ = watcher.watch(&dir, RecursiveMode::NonRecursive);
+                    folders.push(dir);
                 }
             }
             if let Ok(mut w) = watched.lock() {
                 *w = tls;
+            }
+            if let Ok(mut k) = keys.lock() {
+                *k = key_list;
             }
         }
     });

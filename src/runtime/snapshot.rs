@@ -122,4 +122,6 @@ pub struct Snapshot {
     pub access_log: OnceLock<Arc<AccessLog>>,
     /// Counters of requests that matched no route.
     pub unmatched: Arc<RouteStats>,
+    /// Key files policies read (JWKS and PEM files): a change reloads the configuration.
+    pub key_files: Vec<std::path::PathBuf>,
 }

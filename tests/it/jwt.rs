@@ -781,3 +781,55 @@ async fn a_provider_down_at_startup_fails_closed_with_503() {
     );
     assert_eq!(up.hits(), 0);
 }
+
+#[tokio::test]
+async fn a_jwks_file_is_read_again_when_it_changes() {
+    let (keys, next) = (Keys::new(), Keys::new());
+    let up = echo("app").await;
+    let dir = std::env::temp_dir().join(format!("tp-it-jwksfile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("jwks.json"), jwks(&[keys.rsa_jwk("k1", "RS256")])).unwrap();
+    let yaml = config(up.addr, &keys, "{file: jwks.json}");
+    std::fs::write(dir.join("gateway.yaml"), &yaml).unwrap();
+    let gw = turnpike::Gateway::start(
+        turnpike::config::load_file(&dir.join("gateway.yaml")).unwrap(),
+        turnpike::Options {
+            reload_on_sighup: false,
+            watch_config: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = url(&gw, "public");
+    let token = |k: &Keys, kid: &str| {
+        sign(
+            k,
+            serde_json::json!({"alg": "RS256", "kid": kid}),
+            claims(serde_json::json!({})),
+        )
+    };
+    assert_eq!(
+        call(&base, "/remote/1", &token(&keys, "k1")).await.status,
+        200
+    );
+    // Rotate the file as a config manager would: a new file renamed over the old.
+    let tmp = dir.join("jwks.json.new");
+    std::fs::write(&tmp, jwks(&[next.rsa_jwk("k2", "RS256")])).unwrap();
+    std::fs::rename(&tmp, dir.join("jwks.json")).unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "the new JWKS file is in use",
+        || {
+            let (base, t) = (base.clone(), token(&next, "k2"));
+            async move { (call(&base, "/remote/1", &t).await.status == 200).then_some(()) }
+        },
+    )
+    .await;
+    assert_eq!(
+        call(&base, "/remote/1", &token(&keys, "k1")).await.status,
+        401
+    );
+    drop(gw);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -14,159 +14,24 @@
 //! `auth_unavailable` (logged). A malformed token is never a 5xx.
 
 pub mod keys;
+mod spec;
 pub mod token;
 
-use std::collections::BTreeMap;
-use std::path::Path;
+pub use spec::{JwksSpec, JwtSpec, PemKeySpec, ProviderSpec};
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
 use jsonwebtoken::jwk::Jwk;
-use serde::{Deserialize, Serialize};
 
 use super::consumers::{Consumers, Identity};
 use super::BuildCx;
-use crate::config::{Dur, Problems, Size, UpstreamTlsSpec};
+use crate::config::Problems;
 use crate::http::{GatewayError, Request, Response};
 use crate::pipeline::{Flow, RequestCtx};
 use keys::{KeySet, RemoteJwks, RemoteSettings, Verdict};
 use token::{ClaimRules, Claims};
-
-/// `type: jwt`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtSpec {
-    /// A name for this instance (for `skip_policies`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Who may issue tokens for this route. At least one.
-    pub providers: Vec<ProviderSpec>,
-    /// The header holding the token; `authorization` expects the `Bearer` scheme.
-    #[serde(default = "default_header")]
-    pub header: String,
-    /// A cookie that may hold the token (read when the header is absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cookie: Option<String>,
-    /// The claim naming the consumer (matched against `consumers[].jwt_subjects`).
-    #[serde(default = "default_consumer_claim")]
-    pub consumer_claim: String,
-    /// Headers to set from claims: `{x-user-id: sub}`.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub forward_claims: BTreeMap<String, String>,
-    /// Keep the token on the request sent upstream (removed by default).
-    #[serde(default)]
-    pub forward_token: bool,
-    /// Allowed clock skew for `exp`, `nbf` and `iat`.
-    #[serde(default = "default_leeway")]
-    pub leeway: Dur,
-}
-
-/// One token issuer and its keys.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ProviderSpec {
-    /// The `iss` its tokens carry (checked); absent: tokens without a matching provider
-    /// issuer are tried against this one, and `iss` is not checked.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub issuer: Option<String>,
-    /// Accepted `aud` values (any one); empty: `aud` is not checked.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub audiences: Vec<String>,
-    /// The keys as a JWKS: `{uri: ...}`, `{file: ...}` or `{keys: [...]}`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks: Option<JwksSpec>,
-    /// PEM public keys.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pem: Vec<PemKeySpec>,
-    /// A shared secret for HS256/384/512 (at least 32 bytes; use `${ENV}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub secret: Option<String>,
-    /// Restrict the accepted algorithms (`RS256`, `ES256`, `EdDSA`, `HS256`, ...).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub algorithms: Vec<String>,
-    /// Claims every token must carry.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub required_claims: Vec<String>,
-    /// The longest accepted token lifetime (`exp - iat`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_lifetime: Option<Dur>,
-}
-
-/// Where a provider's JWKS comes from, and how a remote one is fetched.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwksSpec {
-    /// An `https://` (or `http://`) URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub uri: Option<String>,
-    /// A JWKS file (relative to the config's folder); read at every reload.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// Inline JWKs.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<serde_json::Value>,
-    /// Deadline of one fetch.
-    #[serde(default = "default_fetch_timeout")]
-    pub timeout: Dur,
-    /// The largest document accepted.
-    #[serde(default = "default_max_size")]
-    pub max_size: Size,
-    /// How often the document is fetched again.
-    #[serde(default = "default_refresh")]
-    pub refresh_interval: Dur,
-    /// The shortest time between two fetches (an unknown `kid` triggers one).
-    #[serde(default = "default_min_refresh")]
-    pub min_refresh_interval: Dur,
-    /// How long the last good keys are used while fetches fail.
-    #[serde(default = "default_max_stale")]
-    pub max_stale: Dur,
-    /// TLS settings for the URL (a private CA); the system roots by default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tls: Option<UpstreamTlsSpec>,
-}
-
-/// A PEM public key.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct PemKeySpec {
-    /// A PEM file (relative to the config's folder).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<String>,
-    /// The PEM text itself.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text: Option<String>,
-    /// The one algorithm it verifies.
-    pub algorithm: String,
-    /// Its key id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kid: Option<String>,
-}
-
-fn default_header() -> String {
-    "authorization".into()
-}
-fn default_consumer_claim() -> String {
-    "sub".into()
-}
-fn default_leeway() -> Dur {
-    Dur(Duration::from_secs(60))
-}
-fn default_fetch_timeout() -> Dur {
-    Dur(Duration::from_secs(2))
-}
-fn default_max_size() -> Size {
-    Size(1024 * 1024)
-}
-fn default_refresh() -> Dur {
-    Dur(Duration::from_secs(300))
-}
-fn default_min_refresh() -> Dur {
-    Dur(Duration::from_secs(30))
-}
-fn default_max_stale() -> Dur {
-    Dur(Duration::from_secs(24 * 3600))
-}
 
 /// A provider, compiled.
 struct Provider {
@@ -208,9 +73,15 @@ fn refuse(reason: &'static str) -> GatewayError {
 fn build_provider(
     path: &str,
     spec: &ProviderSpec,
-    base: Option<&Path>,
+    cx: &BuildCx<'_>,
     p: &mut Problems,
 ) -> Option<Provider> {
+    let base = cx.base;
+    let read = |file: &str| {
+        let path = crate::tls::resolve(base, file);
+        cx.files.borrow_mut().push(path.clone());
+        std::fs::read(path)
+    };
     let mut allowed = Vec::new();
     for (i, name) in spec.algorithms.iter().enumerate() {
         match token::algorithm(name) {
@@ -235,7 +106,7 @@ fn build_provider(
             continue;
         };
         let text = match (&k.file, &k.text) {
-            (Some(f), None) => match std::fs::read(crate::tls::resolve(base, f)) {
+            (Some(f), None) => match read(f) {
                 Ok(t) => t,
                 Err(e) => {
                     p.push(format!("{at}.file"), format!("cannot read `{f}`: {e}"));
@@ -283,7 +154,7 @@ fn build_provider(
                     format!("`{uri}` is not an http:// or https:// URL"),
                 ),
             },
-            (None, Some(file), true) => match std::fs::read(crate::tls::resolve(base, file)) {
+            (None, Some(file), true) => match read(file) {
                 Ok(bytes) => match KeySet::from_jwks(&bytes, &allowed) {
                     Ok((set, notes)) => {
                         for n in notes {
@@ -350,7 +221,7 @@ impl Jwt {
             .providers
             .iter()
             .enumerate()
-            .filter_map(|(i, s)| build_provider(&format!("{path}.providers[{i}]"), s, cx.base, p))
+            .filter_map(|(i, s)| build_provider(&format!("{path}.providers[{i}]"), s, cx, p))
             .map(|mut pr| {
                 pr.rules.leeway = leeway;
                 pr
