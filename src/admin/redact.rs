@@ -17,6 +17,10 @@ const SENSITIVE: [&str; 8] = [
     "cookie",
 ];
 
+/// Members of a JWK that hold secret key material (RFC 7518 §6.3.2, §6.4.1): an
+/// inline `oct` key's `k`, a private key's `d` and CRT values.
+const JWK_SECRETS: [&str; 7] = ["k", "d", "p", "q", "dp", "dq", "qi"];
+
 /// The active configuration as JSON, with secrets replaced by `"[redacted]"`: every
 /// string containing a value substituted from the environment or a file (values of 8
 /// characters or more that are not plain numbers, so that `PORT=8080` hides nothing),
@@ -38,7 +42,10 @@ fn walk(v: &mut Value, secrets: &[&str], sensitive_key: bool) {
         Value::String(s) if sensitive_key || secrets.iter().any(|x| s.contains(x)) => {
             *s = "[redacted]".into();
         }
-        Value::Array(items) => items.iter_mut().for_each(|i| walk(i, secrets, false)),
+        // A list under a secret's name (`api_keys`) is a list of secrets.
+        Value::Array(items) => items
+            .iter_mut()
+            .for_each(|i| walk(i, secrets, sensitive_key)),
         Value::Object(map) => {
             for (k, item) in map.iter_mut() {
                 let key: String = k
@@ -46,7 +53,9 @@ fn walk(v: &mut Value, secrets: &[&str], sensitive_key: bool) {
                     .filter(|c| *c != '-' && *c != '_')
                     .flat_map(char::to_lowercase)
                     .collect();
-                walk(item, secrets, SENSITIVE.iter().any(|s| key.contains(s)));
+                let secret = SENSITIVE.iter().any(|s| key.contains(s))
+                    || JWK_SECRETS.contains(&key.as_str());
+                walk(item, secrets, secret);
             }
         }
         _ => {}
@@ -75,6 +84,13 @@ mod tests {
         assert_eq!(v["plain"], "visible");
         assert_eq!(v["port"], "127.0.0.1:8080");
         assert_eq!(v["client_secret"], "[redacted]");
+        let mut keys = serde_json::json!({"consumers": [{"name": "acme", "api_keys": ["inline-key-1", "sha256:ab"]}],
+            "jwks": {"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "k1"}]}});
+        walk(&mut keys, &[], false);
+        assert_eq!(keys["consumers"][0]["api_keys"][0], "[redacted]");
+        assert_eq!(keys["consumers"][0]["name"], "acme");
+        assert_eq!(keys["jwks"]["keys"][0]["k"], "[redacted]");
+        assert_eq!(keys["jwks"]["keys"][0]["kid"], "k1");
         assert_eq!(
             v["upstreams"]["token-service"]["endpoints"][0], "10.0.0.1:80",
             "names are not secrets"

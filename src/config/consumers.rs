@@ -12,6 +12,9 @@ use serde::{Deserialize, Serialize};
 pub struct ConsumerSpec {
     /// Unique name: what the upstream, the access log and `acl` see.
     pub name: String,
+    /// A stable id for the upstream (`x-consumer-id`); the name when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// Groups, for `acl` rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
@@ -55,6 +58,8 @@ pub struct BasicAuthUserSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ConsumerHeadersSpec {
+    /// The consumer's id (its `id`, else its name).
+    pub id: String,
     /// The consumer's name.
     pub name: String,
     /// The consumer's groups, comma-separated.
@@ -65,16 +70,22 @@ pub struct ConsumerHeadersSpec {
     pub anonymous: String,
     /// Which policy authenticated the request (`api_key`, ...).
     pub authenticated_by: String,
+    /// A prefix for forwarding the consumer's `metadata`, one header per entry
+    /// (`x-consumer-meta-` sends `tier: gold` as `x-consumer-meta-tier: gold`); empty:
+    /// not forwarded.
+    pub metadata_prefix: String,
 }
 
 impl Default for ConsumerHeadersSpec {
     fn default() -> Self {
         Self {
+            id: "x-consumer-id".into(),
             name: "x-consumer-username".into(),
             groups: "x-consumer-groups".into(),
             plan: "x-consumer-plan".into(),
             anonymous: "x-anonymous-consumer".into(),
             authenticated_by: "x-credential-identifier".into(),
+            metadata_prefix: String::new(),
         }
     }
 }

@@ -81,6 +81,11 @@ impl Problems {
         self.list.is_empty()
     }
 
+    /// How many problems were recorded.
+    pub fn count(&self) -> usize {
+        self.list.len()
+    }
+
     /// Turns the records into errors, with lines looked up in `locations`, sorted by
     /// position in the file.
     pub fn into_errors(self, locations: &Locations) -> ConfigErrors {

@@ -78,7 +78,7 @@ impl AclRuleSpec {
                 return true;
             }
         }
-        let Some(claims) = ctx.extensions.get::<crate::policies::jwt::token::Claims>() else {
+        let Some(claims) = ctx.identity.as_ref().and_then(|i| i.claims.as_ref()) else {
             return false;
         };
         (!self.scopes.is_empty() && {
@@ -87,12 +87,10 @@ impl AclRuleSpec {
         }) || (!self.roles.is_empty() && {
             let have = claims.roles();
             self.roles.iter().any(|r| have.contains(&r.as_str()))
-        }) || self.claims.iter().any(|(name, pattern)| {
-            claims
-                .0
-                .get(name)
-                .is_some_and(|v| value_matches(pattern, v))
-        })
+        }) || self
+            .claims
+            .iter()
+            .any(|(name, pattern)| claims.get(name).is_some_and(|v| value_matches(pattern, v)))
     }
 }
 

@@ -93,24 +93,26 @@ impl ApiKey {
         ctx: &mut RequestCtx,
         req: &mut Request,
     ) -> Result<Flow, GatewayError> {
-        let from_header = req
-            .headers()
-            .get(&self.header)
-            .map(|v| v.as_bytes().to_vec());
-        let presented = match from_header {
-            Some(k) => Some(k),
-            None => self
-                .query
-                .as_deref()
-                .and_then(|name| query_value(req.uri(), name)),
+        let consumer = {
+            // The header's bytes are borrowed, not copied; only a query value is decoded.
+            let presented: Option<std::borrow::Cow<'_, [u8]>> =
+                match req.headers().get(&self.header) {
+                    Some(v) => Some(std::borrow::Cow::Borrowed(v.as_bytes())),
+                    None => self
+                        .query
+                        .as_deref()
+                        .and_then(|name| query_value(req.uri(), name))
+                        .map(std::borrow::Cow::Owned),
+                };
+            let Some(key) = presented.filter(|k| !k.is_empty()) else {
+                return Err(unauthorized("no API key in the request"));
+            };
+            let Some(consumer) = self.consumers.by_api_key(&key) else {
+                return Err(unauthorized("invalid API key"));
+            };
+            consumer.clone()
         };
-        let Some(key) = presented.filter(|k| !k.is_empty()) else {
-            return Err(unauthorized("no API key in the request"));
-        };
-        let Some(consumer) = self.consumers.by_api_key(&key) else {
-            return Err(unauthorized("invalid API key"));
-        };
-        let who = Identity::new(Some(consumer.clone()), "api_key");
+        let who = Identity::new(Some(consumer), "api_key");
         if self.strip {
             req.headers_mut().remove(&self.header);
             // What is forwarded is built from the context's target.
@@ -123,7 +125,8 @@ impl ApiKey {
                 *req.uri_mut() = uri;
             }
         }
-        self.consumers.write_headers(&who, req.headers_mut());
+        self.consumers
+            .write_headers(&who, ctx.identity.is_some(), req.headers_mut());
         ctx.identity = Some(who);
         Ok(Flow::Continue)
     }

@@ -4,8 +4,11 @@
 //! - `any`: the policies are tried in order; the first that authenticates the request
 //!   wins. When none does, the request is the `anonymous` consumer if one is configured
 //!   (the upstream sees `x-anonymous-consumer: true`), otherwise it gets the first
-//!   refusal, with the challenges of every scheme tried in `WWW-Authenticate`.
-//! - `all`: every policy must pass; the request is the first consumer identified.
+//!   refusal, with the challenges of every scheme tried in `WWW-Authenticate`. When a
+//!   policy could not reach its identity provider (503), there is no anonymous
+//!   fallback: authentication fails closed.
+//! - `all`: every policy must pass, and the consumers they identify must be the same
+//!   one (403 otherwise); the request is that consumer.
 //!
 //! Only authentication policies can be listed: `api_key`, `jwt`, `basic_auth`, `mtls`,
 //! `oauth2_introspection`. Put `acl` after the `auth` policy.
@@ -129,9 +132,23 @@ impl Auth {
             let mut first: Option<Identity> = None;
             for policy in &self.policies {
                 Box::pin(policy.on_request(ctx, req)).await?;
-                if first.as_ref().is_none_or(|f| f.consumer.is_none()) {
-                    first = ctx.identity.clone();
+                let now = ctx.identity.clone();
+                match (&first, &now) {
+                    (None, _) => first = now,
+                    (Some(f), Some(n)) => match (&f.consumer, &n.consumer) {
+                        (Some(a), Some(b)) if !Arc::ptr_eq(a, b) => {
+                            return Err(GatewayError::Forbidden(
+                                "the credentials belong to different consumers",
+                            ));
+                        }
+                        (None, Some(_)) => first = now,
+                        _ => {}
+                    },
+                    _ => {}
                 }
+            }
+            if let Some(who) = &first {
+                self.consumers.write_headers(who, true, req.headers_mut());
             }
             ctx.identity = first;
             return Ok(Flow::Continue);
@@ -154,10 +171,14 @@ impl Auth {
                 }
             }
         }
-        if let Some(anon) = &self.anonymous {
+        // An identity provider that could not be asked is not "no credential": the
+        // request fails closed (503) rather than becoming the anonymous consumer.
+        let unavailable = matches!(refusal, Some(GatewayError::AuthUnavailable));
+        if let Some(anon) = self.anonymous.as_ref().filter(|_| !unavailable) {
             let mut who = Identity::new(Some(anon.clone()), "anonymous");
             who.anonymous = true;
-            self.consumers.write_headers(&who, req.headers_mut());
+            self.consumers
+                .write_headers(&who, ctx.identity.is_some(), req.headers_mut());
             ctx.identity = Some(who);
             return Ok(Flow::Continue);
         }

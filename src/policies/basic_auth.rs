@@ -103,12 +103,31 @@ fn verify(password: &[u8], hash: &str) -> bool {
     }
 }
 
-/// At most one password check per core at a time, process-wide.
+/// At most one password check per two cores at a time (at least one), process-wide:
+/// a flood of wrong passwords can take half the machine, never all of it.
 fn permits() -> &'static Arc<tokio::sync::Semaphore> {
     static P: OnceLock<Arc<tokio::sync::Semaphore>> = OnceLock::new();
     P.get_or_init(|| {
         let n = std::thread::available_parallelism().map_or(2, |n| n.get());
-        Arc::new(tokio::sync::Semaphore::new(n))
+        Arc::new(tokio::sync::Semaphore::new((n / 2).max(1)))
+    })
+}
+
+/// A hash an unknown user's password is checked against, so that an unknown user costs
+/// the same time as a known one and user names cannot be told apart by timing.
+fn decoy() -> &'static str {
+    static D: OnceLock<String> = OnceLock::new();
+    D.get_or_init(|| {
+        use argon2::password_hash::{PasswordHasher, SaltString};
+        let params = argon2::Params::new(19456, 2, 1, None).unwrap_or_default();
+        let hasher =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let salt = SaltString::encode_b64(b"turnpike-decoy-salt")
+            .unwrap_or_else(|_| SaltString::from_b64("dHVybnBpa2U").expect("a valid literal salt"));
+        hasher
+            .hash_password(b"decoy", &salt)
+            .map(|h| h.to_string())
+            .unwrap_or_default()
     })
 }
 
@@ -196,8 +215,10 @@ impl BasicAuth {
         let Some((user, password)) = Self::credentials(req) else {
             return Err(self.refuse("no basic credentials in the request"));
         };
-        let Some((consumer, hash)) = self.consumers.by_basic_user(&user) else {
-            return Err(self.refuse("invalid credentials"));
+        let found = self.consumers.by_basic_user(&user);
+        let hash: Arc<str> = match found {
+            Some((_, h)) => h.clone(),
+            None => Arc::from(decoy()),
         };
         let key = sha256(&[user.as_bytes(), b"\0", &password, b"\0", hash.as_bytes()].concat());
         let ok = match self.cached(&key) {
@@ -212,7 +233,6 @@ impl BasicAuth {
                     tracing::warn!("basic_auth: password checks saturated; answering 503");
                     return Err(GatewayError::AuthUnavailable);
                 };
-                let hash = hash.clone();
                 let ok = tokio::task::spawn_blocking(move || {
                     let _permit = permit;
                     verify(&password, &hash)
@@ -223,14 +243,15 @@ impl BasicAuth {
                 ok
             }
         };
-        if !ok {
+        let Some((consumer, _)) = found.filter(|_| ok) else {
             return Err(self.refuse("invalid credentials"));
-        }
+        };
         let who = Identity::new(Some(consumer.clone()), "basic_auth");
         if self.strip {
             req.headers_mut().remove(AUTHORIZATION);
         }
-        self.consumers.write_headers(&who, req.headers_mut());
+        self.consumers
+            .write_headers(&who, ctx.identity.is_some(), req.headers_mut());
         ctx.identity = Some(who);
         Ok(Flow::Continue)
     }

@@ -27,6 +27,8 @@ pub struct Consumer {
     pub stats: Arc<crate::telemetry::metrics::ConsumerStats>,
     groups_value: Option<HeaderValue>,
     name_value: Option<HeaderValue>,
+    id_value: Option<HeaderValue>,
+    metadata_headers: Vec<(HeaderName, HeaderValue)>,
     plan_value: Option<HeaderValue>,
 }
 
@@ -41,6 +43,8 @@ pub struct Identity {
     /// The request carried no valid credential and was let through as the
     /// configured anonymous consumer.
     pub anonymous: bool,
+    /// The token's claims (`jwt`, `oauth2_introspection`), for later policies.
+    pub claims: Option<crate::policies::jwt::token::Claims>,
 }
 
 impl Identity {
@@ -50,6 +54,7 @@ impl Identity {
             consumer,
             credential,
             anonymous: false,
+            claims: None,
         }
     }
 }
@@ -57,6 +62,7 @@ impl Identity {
 /// The headers written for an authenticated request.
 #[derive(Debug, Default)]
 struct IdentityHeaders {
+    id: Option<HeaderName>,
     name: Option<HeaderName>,
     groups: Option<HeaderName>,
     plan: Option<HeaderName>,
@@ -72,6 +78,7 @@ pub struct Consumers {
     by_user: HashMap<String, (usize, Arc<str>)>,
     by_cert: HashMap<String, usize>,
     anonymous_header: Option<HeaderName>,
+    metadata_prefix: Option<String>,
     headers: IdentityHeaders,
 }
 
@@ -130,6 +137,7 @@ impl Consumers {
     ) -> Self {
         let mut out = Self {
             headers: IdentityHeaders {
+                id: header_name("server.consumer_headers.id", &headers.id, p),
                 name: header_name("server.consumer_headers.name", &headers.name, p),
                 groups: header_name("server.consumer_headers.groups", &headers.groups, p),
                 plan: header_name("server.consumer_headers.plan", &headers.plan, p),
@@ -139,6 +147,8 @@ impl Consumers {
                     p,
                 ),
             },
+            metadata_prefix: (!headers.metadata_prefix.is_empty())
+                .then(|| headers.metadata_prefix.to_ascii_lowercase()),
             anonymous_header: header_name(
                 "server.consumer_headers.anonymous",
                 &headers.anonymous,
@@ -217,6 +227,18 @@ impl Consumers {
                 metadata: spec.metadata.clone().into_iter().collect(),
                 stats: metrics.consumer(&spec.name),
                 name_value: HeaderValue::from_str(&spec.name).ok(),
+                id_value: HeaderValue::from_str(spec.id.as_deref().unwrap_or(&spec.name)).ok(),
+                metadata_headers: spec
+                    .metadata
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        let name = format!("{}{}", headers.metadata_prefix, k).to_ascii_lowercase();
+                        Some((
+                            HeaderName::from_bytes(name.as_bytes()).ok()?,
+                            HeaderValue::from_str(v).ok()?,
+                        ))
+                    })
+                    .collect(),
                 groups_value: (!spec.groups.is_empty())
                     .then(|| HeaderValue::from_str(&spec.groups.join(",")).ok())
                     .flatten(),
@@ -279,8 +301,38 @@ impl Consumers {
     }
 
     /// Writes the identity headers for `who` into a request's headers.
-    pub fn write_headers(&self, who: &Identity, headers: &mut HeaderMap) {
+    ///
+    /// `replacing`: an earlier policy of this request already wrote an identity (the
+    /// client's own copies were removed before routing).
+    pub fn write_headers(&self, who: &Identity, replacing: bool, headers: &mut HeaderMap) {
         let h = &self.headers;
+        // What an earlier policy of the same request wrote goes first, so the upstream
+        // never sees a mix of two identities.
+        for name in [
+            &h.name,
+            &h.groups,
+            &h.plan,
+            &h.credential,
+            &self.anonymous_header,
+            &h.id,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if replacing {
+                headers.remove(name);
+            }
+        }
+        if let Some(prefix) = self.metadata_prefix.as_ref().filter(|_| replacing) {
+            let stale: Vec<HeaderName> = headers
+                .keys()
+                .filter(|k| k.as_str().starts_with(prefix.as_str()))
+                .cloned()
+                .collect();
+            for k in stale {
+                headers.remove(k);
+            }
+        }
         if who.anonymous {
             if let Some(name) = &self.anonymous_header {
                 headers.insert(name.clone(), HeaderValue::from_static("true"));
@@ -291,11 +343,17 @@ impl Consumers {
         }
         let Some(c) = &who.consumer else { return };
         for (name, value) in [
+            (&h.id, &c.id_value),
             (&h.name, &c.name_value),
             (&h.groups, &c.groups_value),
             (&h.plan, &c.plan_value),
         ] {
             if let (Some(n), Some(v)) = (name, value) {
+                headers.insert(n.clone(), v.clone());
+            }
+        }
+        if self.metadata_prefix.is_some() {
+            for (n, v) in &c.metadata_headers {
                 headers.insert(n.clone(), v.clone());
             }
         }
@@ -316,6 +374,7 @@ mod tests {
             basic_auth: None,
             jwt_subjects: vec![],
             mtls_identities: vec![],
+            id: None,
         }
     }
 

@@ -47,6 +47,23 @@ pub enum PolicySpec {
     Auth(auth::AuthSpec),
 }
 
+/// Adds the names of the headers `list`'s policies set from a verified identity (`jwt`
+/// `forward_claims`), looking into `auth` too.
+pub fn identity_header_names(list: &[PolicySpec], out: &mut Vec<String>) {
+    for p in list {
+        match p {
+            PolicySpec::Jwt(j) => {
+                out.extend(j.forward_claims.keys().map(|k| k.to_ascii_lowercase()))
+            }
+            PolicySpec::Auth(a) => {
+                identity_header_names(&a.any, out);
+                identity_header_names(&a.all, out);
+            }
+            _ => {}
+        }
+    }
+}
+
 /// What a policy may know when it is built for one route.
 pub struct BuildCx<'a> {
     /// The route's name.

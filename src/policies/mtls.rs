@@ -97,7 +97,8 @@ impl Mtls {
             ));
         }
         let who = Identity::new(consumer, "mtls");
-        self.consumers.write_headers(&who, req.headers_mut());
+        self.consumers
+            .write_headers(&who, ctx.identity.is_some(), req.headers_mut());
         ctx.identity = Some(who);
         Ok(Flow::Continue)
     }

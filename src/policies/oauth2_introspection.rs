@@ -86,10 +86,12 @@ fn default_max_size() -> Size {
 }
 
 const CACHE_CAP: usize = 50_000;
+/// The most calls to the introspection endpoint in flight at once, per policy.
+const MAX_IN_FLIGHT: usize = 64;
 const MISSING: HeaderValue = HeaderValue::from_static("Bearer");
 const INVALID: HeaderValue = HeaderValue::from_static("Bearer error=\"invalid_token\"");
 
-type Answer = Option<Arc<serde_json::Map<String, serde_json::Value>>>;
+type Answer = Option<Claims>;
 
 /// The built `oauth2_introspection` policy.
 pub struct Introspection {
@@ -105,6 +107,9 @@ pub struct Introspection {
     forward_token: bool,
     consumers: Arc<Consumers>,
     cache: Mutex<HashMap<[u8; 32], (Answer, Instant)>>,
+    /// Calls in flight to the endpoint: past [`MAX_IN_FLIGHT`], new tokens get 503 at
+    /// once instead of piling up connections to the authorization server.
+    in_flight: Arc<tokio::sync::Semaphore>,
     /// Calls made to the endpoint (tests, metrics).
     pub calls: std::sync::atomic::AtomicU64,
 }
@@ -169,6 +174,7 @@ impl Introspection {
             forward_token: spec.forward_token,
             consumers: cx.consumers.clone(),
             cache: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
             calls: Default::default(),
         })
     }
@@ -188,7 +194,12 @@ impl Introspection {
                     .get("exp")
                     .and_then(|v| v.as_f64())
                     .map(|exp| exp - unix_now())
-                    .map_or(self.cache_ttl, |s| Duration::from_secs_f64(s.max(0.0)));
+                    // An `exp` from the server can be any number: clamp before the
+                    // conversion, which panics past u64 seconds.
+                    .map_or(self.cache_ttl, |s| {
+                        Duration::try_from_secs_f64(s.clamp(0.0, self.cache_ttl.as_secs_f64()))
+                            .unwrap_or(self.cache_ttl)
+                    });
                 now + left.min(self.cache_ttl)
             }
         };
@@ -233,7 +244,7 @@ impl Introspection {
         let value: serde_json::Map<String, serde_json::Value> =
             serde_json::from_slice(&bytes).map_err(|e| format!("not a JSON object: {e}"))?;
         Ok(match value.get("active") {
-            Some(serde_json::Value::Bool(true)) => Some(Arc::new(value)),
+            Some(serde_json::Value::Bool(true)) => Some(Claims::from_map(value)),
             Some(serde_json::Value::Bool(false)) => None,
             _ => return Err("the answer has no boolean `active`".into()),
         })
@@ -267,6 +278,10 @@ impl Introspection {
         let answer = match self.cached(&key) {
             Some(a) => a,
             None => {
+                let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
+                    tracing::warn!(endpoint = %self.endpoint, "token introspection saturated: answering 503");
+                    return Err(GatewayError::AuthUnavailable);
+                };
                 let token = token.to_owned();
                 match self.ask(&token).await {
                     Ok(a) => {
@@ -290,7 +305,6 @@ impl Introspection {
         {
             return Err(invalid());
         }
-        let claims = Claims(claims);
         if !self.required.is_empty() {
             let have = claims.scopes();
             if !self.required.iter().all(|s| have.contains(&s.as_str())) {
@@ -298,18 +312,18 @@ impl Introspection {
             }
         }
         let consumer = claims
-            .0
             .get(&self.consumer_claim)
             .and_then(|v| v.as_str())
             .and_then(|s| self.consumers.by_jwt_subject(s))
             .cloned();
-        let who = Identity::new(consumer, "oauth2_introspection");
+        let mut who = Identity::new(consumer, "oauth2_introspection");
+        who.claims = Some(claims);
         if !self.forward_token {
             req.headers_mut().remove(AUTHORIZATION);
         }
-        self.consumers.write_headers(&who, req.headers_mut());
+        self.consumers
+            .write_headers(&who, ctx.identity.is_some(), req.headers_mut());
         ctx.identity = Some(who);
-        ctx.extensions.insert(claims);
         Ok(Flow::Continue)
     }
 

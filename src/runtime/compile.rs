@@ -223,9 +223,45 @@ pub fn proxy_settings(spec: &GatewaySpec) -> ProxySettings {
         request_id_header: HeaderName::from_bytes(s.request_id_header.as_bytes())
             .unwrap_or(HeaderName::from_static("x-request-id")),
         internal: Arc::new(crate::http::internal::InternalHeaders::new(
-            &s.internal_headers,
+            &internal_headers(spec),
         )),
     }
+}
+
+/// `server.internal_headers`, plus every header a policy sets to tell an upstream who
+/// called (`server.consumer_headers`, `jwt`'s `forward_claims`): a client-sent copy of
+/// any of them is removed before routing on every route, whether or not the route
+/// runs the policy that sets it.
+fn internal_headers(spec: &GatewaySpec) -> Vec<String> {
+    let s = &spec.server;
+    let h = &s.consumer_headers;
+    let mut names = s.internal_headers.clone();
+    names.extend(
+        [
+            &h.id,
+            &h.name,
+            &h.groups,
+            &h.plan,
+            &h.anonymous,
+            &h.authenticated_by,
+        ]
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .cloned(),
+    );
+    let lists = std::iter::once(&spec.defaults.policies)
+        .chain(spec.listeners.iter().map(|l| &l.policies))
+        .chain(spec.hosts.iter().map(|h| &h.policies))
+        .chain(spec.routes.iter().map(|r| &r.policies));
+    for list in lists {
+        crate::policies::identity_header_names(list, &mut names);
+    }
+    if !h.metadata_prefix.is_empty() {
+        names.push(format!("{}*", h.metadata_prefix));
+    }
+    names.sort();
+    names.dedup();
+    names
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -287,9 +323,18 @@ fn compile_route(
                         consumers,
                         files: key_files,
                     };
+                    // A policy that did not build is always a reported problem: a route
+                    // must never run without one of its policies (an auth bypass).
                     let policies: Vec<Policy> = chosen
                         .iter()
-                        .filter_map(|(at, s)| s.build(at, &cx, p))
+                        .filter_map(|(at, s)| {
+                            let before = p.count();
+                            let built = s.build(at, &cx, p);
+                            if built.is_none() && p.count() == before {
+                                p.push(at.to_string(), "this policy could not be built");
+                            }
+                            built
+                        })
                         .collect();
                     first_policies.get_or_insert_with(|| {
                         chosen.iter().map(|(_, s)| label(s)).collect::<Vec<_>>()

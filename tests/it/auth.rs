@@ -17,11 +17,12 @@ fn sha256_hex(text: &str) -> String {
 fn config(up: std::net::SocketAddr, acme_keys: &str, trusted: &str) -> String {
     format!(
         r#"
-server: {{trusted_proxies: [{trusted}]}}
+server: {{trusted_proxies: [{trusted}], consumer_headers: {{metadata_prefix: x-consumer-meta-}}}}
 listeners: [{{name: public, address: "127.0.0.1:0"}}]
 access_log: {{enabled: false}}
 consumers:
   - name: acme
+    id: 7f1c2d
     groups: [partners]
     plan: pro
     metadata: {{tier: gold}}
@@ -107,7 +108,11 @@ async fn api_keys_identify_consumers_and_the_upstream_learns_who_called() {
 
     let r = get(
         &format!("{base}/partners/x"),
-        &[("x-api-key", ACME_KEY), ("x-consumer-username", "admin")],
+        &[
+            ("x-api-key", ACME_KEY),
+            ("x-consumer-username", "admin"),
+            ("x-consumer-meta-role", "root"),
+        ],
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
@@ -116,7 +121,14 @@ async fn api_keys_identify_consumers_and_the_upstream_learns_who_called() {
     assert_eq!(seen.header("x-consumer-groups"), Some("partners"));
     assert_eq!(seen.header("x-consumer-plan"), Some("pro"));
     assert_eq!(seen.header("x-credential-identifier"), Some("api_key"));
+    assert_eq!(seen.header("x-consumer-id"), Some("7f1c2d"));
+    assert_eq!(seen.header("x-consumer-meta-tier"), Some("gold"));
     assert_eq!(seen.header("x-api-key"), None, "the key was forwarded");
+    assert_eq!(
+        seen.header("x-consumer-meta-role"),
+        None,
+        "a forged metadata header crossed"
+    );
     assert_eq!(
         seen.headers["x-consumer-username"].len(),
         1,
@@ -290,6 +302,14 @@ async fn authorization_server(down: std::sync::Arc<std::sync::atomic::AtomicBool
             match form.as_str() {
                 "token=good&token_type_hint=access_token" => reply(200, serde_json::json!({"active": true, "sub": "alice", "scope": "orders:read orders:write", "exp": exp})),
                 "token=reader&token_type_hint=access_token" => reply(200, serde_json::json!({"active": true, "sub": "someone", "scope": "orders:read", "exp": exp})),
+                // An `exp` no clock reaches: cached for cache_ttl, never a crash.
+                "token=forever&token_type_hint=access_token" => {
+                    let mut r = reply(200, serde_json::json!({}));
+                    *r.body_mut() = http_body_util::Full::new(bytes::Bytes::from_static(
+                        br#"{"active":true,"sub":"alice","scope":"orders:read orders:write","exp":1e30}"#,
+                    ));
+                    r
+                }
                 _ => reply(200, serde_json::json!({"active": false})),
             }
         }
@@ -312,6 +332,7 @@ consumers:
   - {{name: bob, basic_auth: {{username: bob, password_hash: "{bcrypt_hash}"}}}}
   - {{name: alice, jwt_subjects: [alice]}}
   - {{name: guest, groups: [anonymous]}}
+  - {{name: carol, api_keys: ["carol-key-0123456789abcdef"]}}
 upstreams:
   app: {{endpoints: ["{up}"]}}
 routes:
@@ -343,6 +364,14 @@ routes:
     upstream: app
     policies:
       - {{type: auth, any: [{{type: api_key}}], anonymous: guest}}
+  - name: open-idp
+    match: {{prefix: /open-idp}}
+    upstream: app
+    policies:
+      - type: auth
+        any:
+          - {{type: oauth2_introspection, endpoint: "http://{idp}/introspect", client_id: gateway, client_secret: "s3cret+/=", timeout: 500ms}}
+        anonymous: guest
   - name: both
     match: {{prefix: /both}}
     upstream: app

@@ -230,6 +230,39 @@ async fn valid_tokens_of_every_family_pass_and_the_upstream_learns_the_claims() 
     )
     .await;
     assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.echo().header("cookie"),
+        Some("a=b"),
+        "the token cookie was forwarded"
+    );
+    // A kid on a token for a provider whose key has none: the key still verifies it.
+    let t = sign(
+        &keys,
+        serde_json::json!({"alg": "HS256", "kid": "whatever"}),
+        claims(serde_json::json!({"iss": "https://hs.test", "aud": null})),
+    );
+    assert_eq!(call(&base, "/users/1", &t).await.status, 200);
+    // A forward_claims header sent by the client never reaches an upstream, also on a
+    // route whose own policies do not set it.
+    let t = sign(
+        &keys,
+        serde_json::json!({"alg": "RS256", "kid": "rsa-1"}),
+        claims(serde_json::json!({"scope": "orders:write"})),
+    );
+    let r = get(
+        &format!("{base}/orders/1"),
+        &[
+            ("authorization", &format!("Bearer {t}")),
+            ("x-user-id", "admin"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.echo().header("x-user-id"),
+        None,
+        "a client-sent claim header crossed"
+    );
     // No token, and a token of another scheme.
     refused(&get(&format!("{base}/users/1"), &[]).await, "Bearer");
     refused(
@@ -240,7 +273,7 @@ async fn valid_tokens_of_every_family_pass_and_the_upstream_learns_the_claims() 
         .await,
         "Bearer",
     );
-    assert_eq!(up.hits(), 6);
+    assert_eq!(up.hits(), 8);
 }
 
 #[tokio::test]

@@ -63,6 +63,39 @@ pub struct Key {
     /// The algorithms it may verify.
     pub algs: Vec<Algorithm>,
     key: DecodingKey,
+    /// For an HMAC secret: its keyed state per algorithm, made once at load (the
+    /// per-request cost is then the message's hash only).
+    hmac: Vec<(Algorithm, aws_lc_rs::hmac::Key)>,
+}
+
+fn hmac_keys(secret: &[u8], algs: &[Algorithm]) -> Vec<(Algorithm, aws_lc_rs::hmac::Key)> {
+    algs.iter()
+        .filter_map(|a| {
+            let h = match a {
+                Algorithm::HS256 => aws_lc_rs::hmac::HMAC_SHA256,
+                Algorithm::HS384 => aws_lc_rs::hmac::HMAC_SHA384,
+                Algorithm::HS512 => aws_lc_rs::hmac::HMAC_SHA512,
+                _ => return None,
+            };
+            Some((*a, aws_lc_rs::hmac::Key::new(h, secret)))
+        })
+        .collect()
+}
+
+impl Key {
+    fn check(&self, alg: Algorithm, input: &str, signature: &str) -> bool {
+        if let Some((_, k)) = self.hmac.iter().find(|(a, _)| *a == alg) {
+            // A JWS signature of at most 64 bytes: decoded on the stack.
+            let mut buf = [0u8; 64];
+            return base64::Engine::decode_slice(
+                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+                signature,
+                &mut buf,
+            )
+            .is_ok_and(|n| aws_lc_rs::hmac::verify(k, input.as_bytes(), &buf[..n]).is_ok());
+        }
+        jsonwebtoken::crypto::verify(signature, input.as_bytes(), &self.key, alg).unwrap_or(false)
+    }
 }
 
 impl std::fmt::Debug for Key {
@@ -151,13 +184,20 @@ impl KeySet {
             return Err("its algorithm is not among the provider's algorithms".into());
         }
         let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("not a usable key: {e}"))?;
-        if family == Family::Hmac && key.try_get_as_bytes().map_or(0, <[u8]>::len) < 32 {
-            return Err("an HMAC key shorter than 32 bytes".into());
-        }
+        let hmac = if family == Family::Hmac {
+            let secret = key.try_get_as_bytes().unwrap_or_default();
+            if secret.len() < 32 {
+                return Err("an HMAC key shorter than 32 bytes".into());
+            }
+            hmac_keys(secret, &algs)
+        } else {
+            Vec::new()
+        };
         self.keys.push(Key {
             kid: jwk.common.key_id.clone(),
             algs,
             key,
+            hmac,
         });
         Ok(())
     }
@@ -180,6 +220,7 @@ impl KeySet {
             kid,
             algs: vec![alg],
             key,
+            hmac: Vec::new(),
         });
         Ok(())
     }
@@ -195,6 +236,7 @@ impl KeySet {
         }
         self.keys.push(Key {
             kid: None,
+            hmac: hmac_keys(secret, &algs),
             algs,
             key: DecodingKey::from_secret(secret).map_err(|e| e.to_string())?,
         });
@@ -202,13 +244,32 @@ impl KeySet {
     }
 
     /// Parses a JWKS document: keys that cannot be used are skipped (and named in the
-    /// returned notes); a document with no usable key is an error.
-    pub fn from_jwks(bytes: &[u8], allowed: &[Algorithm]) -> Result<(Self, Vec<String>), String> {
+    /// returned notes); a document with no usable key is an error. `remote`: the
+    /// document was fetched, so HMAC (`oct`) keys are refused (a secret published at a
+    /// URL is no secret, and anyone on the path could plant one), and at most
+    /// [`MAX_REMOTE_KEYS`] keys are kept (a token without a `kid` is tried against each).
+    pub fn from_jwks(
+        bytes: &[u8],
+        allowed: &[Algorithm],
+        remote: bool,
+    ) -> Result<(Self, Vec<String>), String> {
         let set: JwkSet =
             serde_json::from_slice(bytes).map_err(|e| format!("not a JWKS document: {e}"))?;
         let mut out = Self::default();
         let mut notes = Vec::new();
         for (i, jwk) in set.keys.iter().enumerate() {
+            if remote && out.keys.len() >= MAX_REMOTE_KEYS {
+                notes.push(format!(
+                    "keys[{i}] and after skipped: more than {MAX_REMOTE_KEYS} keys"
+                ));
+                break;
+            }
+            if remote && matches!(jwk.algorithm, AlgorithmParameters::OctetKey(_)) {
+                notes.push(format!(
+                    "keys[{i}] skipped: an HMAC secret in a fetched document"
+                ));
+                continue;
+            }
             if let Err(e) = out.add_jwk(jwk, allowed) {
                 notes.push(format!("keys[{i}] skipped: {e}"));
             }
@@ -238,24 +299,38 @@ impl KeySet {
         input: &str,
         signature: &str,
     ) -> Verdict {
-        let mut candidates = self
+        // With a kid: the keys that have it; when none has, the keys that have no kid
+        // (a secret, a PEM key) may still verify it. Without: every key.
+        let named = |k: &&Key| kid.is_none() || k.kid.as_deref() == kid;
+        let has_named = kid.is_some() && self.keys.iter().any(|k| named(&k));
+        let usable = |k: &&Key| {
+            if has_named {
+                named(k)
+            } else {
+                kid.is_none() || k.kid.is_none()
+            }
+        };
+        let mut tried = false;
+        for k in self
             .keys
             .iter()
-            .filter(|k| kid.is_none() || k.kid.as_deref() == kid)
-            .peekable();
-        if kid.is_some() && candidates.peek().is_none() {
-            return Verdict::UnknownKid;
-        }
-        for k in candidates.filter(|k| k.algs.contains(&alg)) {
-            if jsonwebtoken::crypto::verify(signature, input.as_bytes(), &k.key, alg)
-                .unwrap_or(false)
-            {
+            .filter(usable)
+            .filter(|k| k.algs.contains(&alg))
+        {
+            tried = true;
+            if k.check(alg, input, signature) {
                 return Verdict::Valid;
             }
+        }
+        if kid.is_some() && !has_named && !tried {
+            return Verdict::UnknownKid;
         }
         Verdict::Invalid
     }
 }
+
+/// The most keys kept from a fetched JWKS document.
+pub const MAX_REMOTE_KEYS: usize = 100;
 
 /// How a remote JWKS is fetched.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -274,6 +349,9 @@ pub struct RemoteSettings {
     pub max_stale: Duration,
     /// The provider's algorithms.
     pub algorithms: Vec<String>,
+    /// The TLS settings, as text (two providers with other TLS settings for the same
+    /// URL must not share a cache).
+    pub tls: String,
 }
 
 /// A remote JWKS document and its cached keys.
@@ -396,7 +474,9 @@ impl RemoteJwks {
         })
         .await;
         let parsed = match got {
-            Ok((status, body)) if status.is_success() => KeySet::from_jwks(&body, &self.allowed),
+            Ok((status, body)) if status.is_success() => {
+                KeySet::from_jwks(&body, &self.allowed, true)
+            }
             Ok((status, _)) => Err(format!("answered {status}")),
             Err(e) => Err(e),
         };
@@ -437,7 +517,12 @@ mod tests {
     fn short_secrets_and_garbage_documents_are_refused() {
         let mut set = KeySet::default();
         assert!(set.add_secret(b"short", &[]).is_err());
-        assert!(KeySet::from_jwks(b"<html>", &[]).is_err());
-        assert!(KeySet::from_jwks(br#"{"keys":[{"kty":"oct","k":"AAAA"}]}"#, &[]).is_err());
+        assert!(KeySet::from_jwks(b"<html>", &[], false).is_err());
+        assert!(KeySet::from_jwks(br#"{"keys":[{"kty":"oct","k":"AAAA"}]}"#, &[], false).is_err());
+        // A long enough secret is fine in a file, never in a fetched document.
+        let oct =
+            br#"{"keys":[{"kty":"oct","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldC0x"}]}"#;
+        assert!(KeySet::from_jwks(oct, &[], false).is_ok());
+        assert!(KeySet::from_jwks(oct, &[], true).is_err());
     }
 }

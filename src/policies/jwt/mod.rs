@@ -36,6 +36,9 @@ use token::{ClaimRules, Claims};
 /// A provider, compiled.
 struct Provider {
     rules: ClaimRules,
+    /// Whether its tokens may name consumers (`jwt_subjects`): only a provider with an
+    /// `issuer`, so that a catch-all provider cannot mint another issuer's consumers.
+    maps_consumers: bool,
     local: Option<Arc<KeySet>>,
     remote: Option<Arc<RemoteJwks>>,
 }
@@ -146,7 +149,11 @@ fn build_provider(
                         min_refresh: j.min_refresh_interval.0,
                         max_stale: j.max_stale.0,
                         algorithms: spec.algorithms.clone(),
+                        tls: format!("{:?}", j.tls),
                     };
+                    if u.scheme_str() == Some("http") {
+                        tracing::warn!(uri = %uri, "JWKS over plain HTTP: anyone on the path can replace the keys; use https");
+                    }
                     remote = Some(RemoteJwks::shared(settings, u, allowed.clone(), tls));
                 }
                 _ => p.push(
@@ -155,7 +162,7 @@ fn build_provider(
                 ),
             },
             (None, Some(file), true) => match read(file) {
-                Ok(bytes) => match KeySet::from_jwks(&bytes, &allowed) {
+                Ok(bytes) => match KeySet::from_jwks(&bytes, &allowed, false) {
                     Ok((set, notes)) => {
                         for n in notes {
                             tracing::warn!(file = %file, "JWKS {n}");
@@ -186,6 +193,7 @@ fn build_provider(
         );
     }
     Some(Provider {
+        maps_consumers: spec.issuer.is_some() && spec.map_consumers,
         rules: ClaimRules {
             issuer: spec.issuer.clone(),
             audiences: spec.audiences.clone(),
@@ -289,7 +297,7 @@ impl Jwt {
         ctx: &mut RequestCtx,
         req: &mut Request,
     ) -> Result<Result<Flow, GatewayError>, String> {
-        let (index, claims) = {
+        let (index, summary, payload) = {
             let Some(raw) = self.token(req).filter(|t| !t.is_empty()) else {
                 return Ok(Err(GatewayError::Unauthorized {
                     reason: "no bearer token in the request",
@@ -304,12 +312,12 @@ impl Jwt {
                 return Ok(Err(refuse("token issuer not accepted")));
             };
             match self.verify_at_hand(&self.providers[index], &parsed) {
-                Some(Ok(())) => (index, parsed.claims),
+                Some(Ok(())) => (index, parsed.claims, parsed.payload),
                 Some(Err(e)) => return Ok(Err(e)),
                 None => return Err(raw.to_owned()),
             }
         };
-        Ok(self.finish(ctx, req, index, claims))
+        Ok(self.finish(ctx, req, index, summary, payload))
     }
 
     /// The rest of [`Jwt::on_request`] when remote keys must be fetched.
@@ -347,18 +355,20 @@ impl Jwt {
             Verdict::Valid => {}
             Verdict::Invalid => return Err(refuse("token signature invalid")),
             Verdict::UnknownKid => {
-                let again = remote.refresh_for_unknown_kid().await;
-                let fresh = if again { remote.cached() } else { None };
+                // Another request may have fetched the new document meanwhile (and
+                // this one been rate-limited): the cache is read again either way.
+                remote.refresh_for_unknown_kid().await;
+                let fresh = remote.cached();
                 if !fresh.is_some_and(|k| verdict(&k.0) == Verdict::Valid) {
                     return Err(refuse("token signed by an unknown key"));
                 }
             }
         }
-        self.finish(ctx, req, index, parsed.claims)
+        self.finish(ctx, req, index, parsed.claims, parsed.payload)
     }
 
     fn provider_for(&self, t: &token::Parsed<'_>) -> Option<usize> {
-        let iss = t.claims.get("iss").and_then(|v| v.as_str());
+        let iss = t.claims.iss.as_deref();
         self.providers
             .iter()
             .position(|pr| pr.rules.issuer.is_some() && pr.rules.issuer.as_deref() == iss)
@@ -402,27 +412,37 @@ impl Jwt {
         ctx: &mut RequestCtx,
         req: &mut Request,
         index: usize,
-        claims: serde_json::Map<String, serde_json::Value>,
+        summary: token::Summary,
+        payload: Vec<u8>,
     ) -> Result<Flow, GatewayError> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64());
-        token::check_claims(&claims, &self.providers[index].rules, now).map_err(refuse)?;
-        let claims = Claims(Arc::new(claims));
-        let consumer = claims
-            .0
-            .get(&self.consumer_claim)
-            .and_then(|v| v.as_str())
-            .and_then(|s| self.consumers.by_jwt_subject(s))
-            .cloned();
-        let who = Identity::new(consumer, "jwt");
+        let provider = &self.providers[index];
+        let all = Claims::from_payload(payload);
+        token::check_claims(&summary, &all, &provider.rules, now).map_err(refuse)?;
+        let consumer = if !provider.maps_consumers {
+            None
+        } else if self.consumer_claim == "sub" {
+            summary
+                .sub
+                .as_deref()
+                .and_then(|s| self.consumers.by_jwt_subject(s))
+        } else {
+            all.get(&self.consumer_claim)
+                .and_then(|v| v.as_str())
+                .and_then(|s| self.consumers.by_jwt_subject(s))
+        }
+        .cloned();
         let headers = req.headers_mut();
         if !self.forward_token {
             headers.remove(&self.header);
+            if let Some(name) = &self.cookie {
+                strip_cookie(headers, name);
+            }
         }
         for (name, claim) in &self.forward {
-            match claims
-                .0
+            match all
                 .get(claim)
                 .and_then(token::claim_text)
                 .and_then(|t| HeaderValue::from_str(&t).ok())
@@ -435,12 +455,39 @@ impl Jwt {
                 }
             }
         }
-        self.consumers.write_headers(&who, headers);
+        let mut who = Identity::new(consumer, "jwt");
+        self.consumers
+            .write_headers(&who, ctx.identity.is_some(), headers);
+        who.claims = Some(all);
         ctx.identity = Some(who);
-        ctx.extensions.insert(claims);
         Ok(Flow::Continue)
     }
 
     /// Nothing to do on the way back.
     pub fn on_response(&self, _ctx: &mut RequestCtx, _resp: &mut Response) {}
+}
+
+/// Removes the `name=...` pair from every `Cookie` header (the token the policy read).
+fn strip_cookie(headers: &mut http::HeaderMap, name: &str) {
+    let values: Vec<HeaderValue> = headers.get_all(COOKIE).iter().cloned().collect();
+    if values.is_empty() {
+        return;
+    }
+    headers.remove(COOKIE);
+    for v in values {
+        let Ok(text) = v.to_str() else {
+            headers.append(COOKIE, v);
+            continue;
+        };
+        let kept: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|pair| pair.split_once('=').is_none_or(|(k, _)| k != name))
+            .collect();
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                headers.append(COOKIE, v);
+            }
+        }
+    }
 }

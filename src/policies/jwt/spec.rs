@@ -66,6 +66,14 @@ pub struct ProviderSpec {
     /// The longest accepted token lifetime (`exp - iat`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_lifetime: Option<Dur>,
+    /// Let this provider's tokens name consumers through `consumers[].jwt_subjects`
+    /// (only a provider with an `issuer` ever does).
+    #[serde(default = "yes")]
+    pub map_consumers: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// Where a provider's JWKS comes from, and how a remote one is fetched.

@@ -7,12 +7,18 @@
 //! `crit` (no extension is understood, RFC 7515 §4.1.11), `b64` (RFC 7797); and the
 //! header parameters that would let a token name its own key (`jku`, `x5u`, `jwk`,
 //! `x5c`). Those are never fetched or used: keys come from the configuration only.
+//!
+//! Both segments are read in one pass each that checks the keys are unique and keeps
+//! only the fields the checks need; the payload is parsed into a map only when a later
+//! step asks for a claim by name (`forward_claims`, `acl` rules).
 
+use std::borrow::Cow;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 use base64::Engine;
 use jsonwebtoken::Algorithm;
-use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde_json::Value;
 
 /// The longest token accepted (a header of 100 KB is refused before it is decoded).
@@ -25,38 +31,160 @@ pub struct Parsed<'a> {
     pub alg: Algorithm,
     /// The `kid` of the header.
     pub kid: Option<String>,
-    /// The claims.
-    pub claims: serde_json::Map<String, Value>,
+    /// The claims the checks read, typed.
+    pub claims: Summary,
+    /// The decoded payload (a JSON object with unique keys), for the claims a later
+    /// step reads by name.
+    pub payload: Vec<u8>,
     /// `header.payload`, the bytes the signature covers.
     pub signing_input: &'a str,
     /// The signature segment (base64url).
     pub signature: &'a str,
 }
 
-/// A JSON object whose keys are unique (serde_json keeps the last of duplicates, which
-/// lets two parsers of the same token disagree).
-struct Unique(serde_json::Map<String, Value>);
+/// A time claim as found: absent, a finite number, or something else (refused when the
+/// claim is checked).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Time {
+    /// Not in the token.
+    #[default]
+    Absent,
+    /// A JSON number.
+    At(f64),
+    /// A string, an out-of-range number, anything else.
+    Bad,
+}
 
-impl<'de> serde::Deserialize<'de> for Unique {
+/// The registered claims the checks need, read without building a map.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// `exp`.
+    pub exp: Time,
+    /// `nbf`.
+    pub nbf: Time,
+    /// `iat`.
+    pub iat: Time,
+    /// `iss`, when a string.
+    pub iss: Option<String>,
+    /// `sub`, when a string.
+    pub sub: Option<String>,
+    /// `aud`: the strings of a string or an array (`None`: absent or another type).
+    pub aud: Option<Vec<String>>,
+}
+
+/// A key of a JSON object: borrowed from the input unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
         impl<'de> Visitor<'de> for V {
-            type Value = Unique;
+            type Value = Key<'de>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a JSON object")
+                f.write_str("a string")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Unique, A::Error> {
-                let mut out = serde_json::Map::new();
-                while let Some((k, v)) = m.next_entry::<String, Value>()? {
-                    if out.contains_key(&k) {
-                        return Err(serde::de::Error::custom("duplicate key"));
-                    }
-                    out.insert(k, v);
-                }
-                Ok(Unique(out))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
             }
         }
-        d.deserialize_map(V)
+        d.deserialize_str(V)
+    }
+}
+
+/// A time value: a finite number, or anything else as `Bad`.
+struct TimeValue(Time);
+
+impl<'de> serde::Deserialize<'de> for TimeValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(TimeValue(match v.as_f64() {
+            Some(n) if v.is_number() && n.is_finite() => Time::At(n),
+            _ => Time::Bad,
+        }))
+    }
+}
+
+/// What one walk over an object collects (the header's or the payload's fields).
+#[derive(Default)]
+struct Fields {
+    alg: Option<Value>,
+    kid: Option<Value>,
+    banned: bool,
+    claims: Summary,
+}
+
+/// Walks a JSON object once: refuses a key seen twice, keeps the fields of [`Fields`],
+/// and skips every other value without building it.
+struct Walk {
+    header: bool,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Walk {
+    type Value = Fields;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Fields, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+fn strings(v: Value) -> Option<Vec<String>> {
+    match v {
+        Value::String(s) => Some(vec![s]),
+        Value::Array(items) => Some(
+            items
+                .into_iter()
+                .filter_map(|i| match i {
+                    Value::String(s) => Some(s),
+                    _ => None,
+                })
+                .collect(),
+        ),
+        _ => None,
+    }
+}
+
+fn string(v: Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s),
+        _ => None,
+    }
+}
+
+impl<'de> Visitor<'de> for Walk {
+    type Value = Fields;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Fields, A::Error> {
+        let mut seen: Vec<Cow<'de, str>> = Vec::with_capacity(8);
+        let mut out = Fields::default();
+        while let Some(Key(k)) = m.next_key::<Key<'de>>()? {
+            if seen.contains(&k) {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            let c = &mut out.claims;
+            match (self.header, &*k) {
+                (true, "alg") => out.alg = Some(m.next_value()?),
+                (true, "kid") => out.kid = Some(m.next_value()?),
+                (true, "crit" | "b64" | "jku" | "x5u" | "jwk" | "x5c") => {
+                    out.banned = true;
+                    m.next_value::<IgnoredAny>()?;
+                }
+                (false, "exp") => c.exp = m.next_value::<TimeValue>()?.0,
+                (false, "nbf") => c.nbf = m.next_value::<TimeValue>()?.0,
+                (false, "iat") => c.iat = m.next_value::<TimeValue>()?.0,
+                (false, "iss") => c.iss = string(m.next_value()?),
+                (false, "sub") => c.sub = string(m.next_value()?),
+                (false, "aud") => c.aud = strings(m.next_value()?),
+                _ => {
+                    m.next_value::<IgnoredAny>()?;
+                }
+            }
+            seen.push(k);
+        }
+        Ok(out)
     }
 }
 
@@ -66,10 +194,18 @@ fn decode(segment: &str) -> Result<Vec<u8>, &'static str> {
         .map_err(|_| "token segment is not base64url")
 }
 
-fn object(bytes: &[u8]) -> Result<serde_json::Map<String, Value>, &'static str> {
-    serde_json::from_slice::<Unique>(bytes)
-        .map(|u| u.0)
-        .map_err(|_| "token segment is not a JSON object with unique keys")
+fn walk(bytes: &[u8], header: bool) -> Result<Fields, &'static str> {
+    let bad = "token segment is not a JSON object with unique keys";
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let fields =
+        serde::de::DeserializeSeed::deserialize(Walk { header }, &mut de).map_err(|_| bad)?;
+    de.end().map_err(|_| bad)?;
+    Ok(fields)
+}
+
+/// Reads the registered claims of a JSON payload.
+pub fn summarize(payload: &[u8]) -> Result<Summary, &'static str> {
+    walk(payload, false).map(|f| f.claims)
 }
 
 /// The algorithm named `name` (exact spelling), never `none`.
@@ -105,26 +241,26 @@ pub fn parse(token: &str) -> Result<Parsed<'_>, &'static str> {
     if s.is_empty() {
         return Err("token has no signature");
     }
-    let header = object(&decode(h)?)?;
-    for banned in ["crit", "b64", "jku", "x5u", "jwk", "x5c"] {
-        if header.contains_key(banned) {
-            return Err("token header names an unsupported or unsafe parameter");
-        }
+    let header = walk(&decode(h)?, true)?;
+    if header.banned {
+        return Err("token header names an unsupported or unsafe parameter");
     }
-    let alg = match header.get("alg") {
-        Some(Value::String(name)) => algorithm(name).ok_or("token algorithm not accepted")?,
+    let alg = match header.alg {
+        Some(Value::String(name)) => algorithm(&name).ok_or("token algorithm not accepted")?,
         _ => return Err("token header has no algorithm"),
     };
-    let kid = match header.get("kid") {
+    let kid = match header.kid {
         None => None,
-        Some(Value::String(k)) if k.len() <= 256 => Some(k.clone()),
+        Some(Value::String(k)) if k.len() <= 256 => Some(k),
         Some(_) => return Err("token key id is not a short string"),
     };
-    let claims = object(&decode(p)?)?;
+    let payload = decode(p)?;
+    let claims = walk(&payload, false)?.claims;
     Ok(Parsed {
         alg,
         kid,
         claims,
+        payload,
         signing_input: &token[..h.len() + 1 + p.len()],
         signature: s,
     })
@@ -145,34 +281,30 @@ pub struct ClaimRules {
     pub max_lifetime: Option<f64>,
 }
 
-fn number(
-    claims: &serde_json::Map<String, Value>,
-    name: &str,
-) -> Result<Option<f64>, &'static str> {
-    match claims.get(name) {
-        None => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(v) if v.is_finite() => Ok(Some(v)),
-            _ => Err("token time claim out of range"),
-        },
-        Some(_) => Err("token time claim is not a number"),
+fn time(t: Time) -> Result<Option<f64>, &'static str> {
+    match t {
+        Time::Absent => Ok(None),
+        Time::At(v) => Ok(Some(v)),
+        Time::Bad => Err("token time claim is not a number"),
     }
 }
 
-/// Checks the claims at time `now` (seconds since the epoch).
+/// Checks the claims at time `now` (seconds since the epoch). `all` is read only when
+/// `required` names claims.
 pub fn check_claims(
-    claims: &serde_json::Map<String, Value>,
+    c: &Summary,
+    all: &Claims,
     rules: &ClaimRules,
     now: f64,
 ) -> Result<(), &'static str> {
-    let exp = number(claims, "exp")?.ok_or("token has no expiry")?;
+    let exp = time(c.exp)?.ok_or("token has no expiry")?;
     if now > exp + rules.leeway {
         return Err("token expired");
     }
-    if number(claims, "nbf")?.is_some_and(|nbf| now + rules.leeway < nbf) {
+    if time(c.nbf)?.is_some_and(|nbf| now + rules.leeway < nbf) {
         return Err("token not valid yet");
     }
-    let iat = number(claims, "iat")?;
+    let iat = time(c.iat)?;
     if iat.is_some_and(|iat| iat > now + rules.leeway) {
         return Err("token issued in the future");
     }
@@ -182,25 +314,24 @@ pub fn check_claims(
         }
     }
     if let Some(iss) = &rules.issuer {
-        if claims.get("iss").and_then(Value::as_str) != Some(iss) {
+        if c.iss.as_deref() != Some(iss.as_str()) {
             return Err("token issuer not accepted");
         }
     }
     if !rules.audiences.is_empty() {
-        let ok = match claims.get("aud") {
-            Some(Value::String(a)) => rules.audiences.contains(a),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| rules.audiences.iter().any(|r| r == a)),
-            _ => false,
-        };
+        let ok = c
+            .aud
+            .as_ref()
+            .is_some_and(|list| list.iter().any(|a| rules.audiences.contains(a)));
         if !ok {
             return Err("token audience not accepted");
         }
     }
-    if rules.required.iter().any(|c| !claims.contains_key(c)) {
-        return Err("token lacks a required claim");
+    if !rules.required.is_empty() {
+        let map = all.map();
+        if rules.required.iter().any(|name| !map.contains_key(name)) {
+            return Err("token lacks a required claim");
+        }
     }
     Ok(())
 }
@@ -225,17 +356,45 @@ pub fn claim_text(v: &Value) -> Option<String> {
     }
 }
 
-/// The claims of a verified token, kept in the request context for later policies.
+type ClaimMap = serde_json::Map<String, Value>;
+
+/// The claims of an authenticated token (a JWT's payload or an introspection answer),
+/// kept in the request context for later policies. A JWT's payload is parsed into a map
+/// only when something asks for a claim by name.
 #[derive(Debug, Clone)]
-pub struct Claims(pub std::sync::Arc<serde_json::Map<String, Value>>);
+pub struct Claims(Arc<(Vec<u8>, OnceLock<ClaimMap>)>);
 
 impl Claims {
-    /// The token's scopes: `scope` (space-separated, RFC 8693 §4.2) and `scp` (an
-    /// array or a string, as Azure AD and Okta send it).
+    /// Claims from a verified JWT payload (a JSON object with unique keys).
+    pub fn from_payload(payload: Vec<u8>) -> Self {
+        Self(Arc::new((payload, OnceLock::new())))
+    }
+
+    /// Claims already parsed.
+    pub fn from_map(map: ClaimMap) -> Self {
+        let cell = OnceLock::new();
+        let _ = cell.set(map);
+        Self(Arc::new((Vec::new(), cell)))
+    }
+
+    /// Every claim.
+    pub fn map(&self) -> &ClaimMap {
+        self.0
+             .1
+            .get_or_init(|| serde_json::from_slice(&self.0 .0).unwrap_or_default())
+    }
+
+    /// One claim.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.map().get(name)
+    }
+
+    /// The token's scopes: `scope` (space-separated, RFC 8693 §4.2) and `scp` (an array
+    /// or a string, as Azure AD and Okta send it).
     pub fn scopes(&self) -> Vec<&str> {
         let mut out = Vec::new();
         for name in ["scope", "scp"] {
-            match self.0.get(name) {
+            match self.get(name) {
                 Some(Value::String(s)) => out.extend(s.split(' ').filter(|s| !s.is_empty())),
                 Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str)),
                 _ => {}
@@ -248,12 +407,12 @@ impl Claims {
     /// `realm_access.roles`.
     pub fn roles(&self) -> Vec<&str> {
         let mut out = Vec::new();
-        match self.0.get("roles") {
+        match self.get("roles") {
             Some(Value::String(s)) => out.push(s.as_str()),
             Some(Value::Array(a)) => out.extend(a.iter().filter_map(Value::as_str)),
             _ => {}
         }
-        if let Some(Value::Array(a)) = self.0.get("realm_access").and_then(|r| r.get("roles")) {
+        if let Some(Value::Array(a)) = self.get("realm_access").and_then(|r| r.get("roles")) {
             out.extend(a.iter().filter_map(Value::as_str));
         }
         out
@@ -308,8 +467,14 @@ mod tests {
         }
     }
 
-    fn claims(json: &str) -> serde_json::Map<String, Value> {
-        serde_json::from_str(json).unwrap()
+    fn check(json: &str, rules: &ClaimRules, now: f64) -> Result<(), &'static str> {
+        let summary = summarize(json.as_bytes())?;
+        check_claims(
+            &summary,
+            &Claims::from_payload(json.as_bytes().to_vec()),
+            rules,
+            now,
+        )
     }
 
     #[test]
@@ -319,7 +484,7 @@ mod tests {
             leeway: 60.0,
             ..Default::default()
         };
-        let at = |c: &str| check_claims(&claims(c), &rules, now);
+        let at = |c: &str| check(c, &rules, now);
         assert!(at(&format!(r#"{{"exp":{}}}"#, now - 61.0)).is_err());
         assert!(at(&format!(r#"{{"exp":{}}}"#, now - 30.0)).is_ok());
         assert!(at("{}").is_err());
@@ -335,13 +500,20 @@ mod tests {
         assert!(at(r#"{"exp":1e30}"#).is_ok());
         assert!(at(r#"{"exp":1234567890123456789012345678901234567890}"#).is_ok());
         // 1e400 is not a JSON number serde can hold: the payload itself is refused.
-        assert!(serde_json::from_str::<Value>(r#"{"exp":1e400}"#).is_err());
+        assert!(at(r#"{"exp":1e400}"#).is_err());
         let short = ClaimRules {
             max_lifetime: Some(3600.0),
             ..rules.clone()
         };
-        let c = claims(&format!(r#"{{"exp":{},"iat":{}}}"#, now + 7200.0, now));
-        assert!(check_claims(&c, &short, now).is_err());
+        let c = format!(r#"{{"exp":{},"iat":{}}}"#, now + 7200.0, now);
+        assert!(check(&c, &short, now).is_err());
+        let required = ClaimRules {
+            required: vec!["email".into()],
+            ..rules.clone()
+        };
+        let exp = now + 60.0;
+        assert!(check(&format!(r#"{{"exp":{exp}}}"#), &required, now).is_err());
+        assert!(check(&format!(r#"{{"exp":{exp},"email":"a@b"}}"#), &required, now).is_ok());
     }
 
     #[test]
@@ -352,7 +524,7 @@ mod tests {
             leeway: 60.0,
             ..Default::default()
         };
-        let at = |c: &str| check_claims(&claims(c), &rules, 0.0);
+        let at = |c: &str| check(c, &rules, 0.0);
         assert!(at(r#"{"exp":100,"iss":"https://id.test","aud":"api"}"#).is_ok());
         assert!(at(r#"{"exp":100,"iss":"https://id.test","aud":["x","api"]}"#).is_ok());
         assert!(at(r#"{"exp":100,"iss":"https://evil.test","aud":"api"}"#).is_err());
@@ -362,9 +534,10 @@ mod tests {
 
     #[test]
     fn scopes_and_roles_are_read_in_their_common_shapes() {
-        let c = Claims(std::sync::Arc::new(claims(
-            r#"{"scope":"orders:read  orders:write","scp":["extra"],"roles":["admin"],"realm_access":{"roles":["ops"]}}"#,
-        )));
+        let c = Claims::from_payload(
+            br#"{"scope":"orders:read  orders:write","scp":["extra"],"roles":["admin"],"realm_access":{"roles":["ops"]}}"#
+                .to_vec(),
+        );
         assert_eq!(c.scopes(), ["orders:read", "orders:write", "extra"]);
         assert_eq!(c.roles(), ["admin", "ops"]);
     }
