@@ -134,6 +134,9 @@ impl Introspection {
         cx: &BuildCx<'_>,
         p: &mut Problems,
     ) -> Option<Self> {
+        if spec.timeout.0.is_zero() {
+            p.push(format!("{path}.timeout"), "must be more than 0");
+        }
         let endpoint = match spec.endpoint.parse::<http::Uri>() {
             Ok(u) if matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some() => u,
             _ => {

@@ -128,6 +128,9 @@ fn build_provider(
     }
     if let Some(j) = &spec.jwks {
         let at = format!("{path}.jwks");
+        if j.timeout.0.is_zero() {
+            p.push(format!("{at}.timeout"), "must be more than 0");
+        }
         match (&j.uri, &j.file, j.keys.is_empty()) {
             (Some(uri), None, true) => match uri.parse::<http::Uri>() {
                 Ok(u) if matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some() => {
