@@ -10,14 +10,12 @@
 //! - results are cached for a short time (successes 60 s, failures 10 s) under a digest
 //!   of user, password and hash, so retries of the same credentials cost nothing.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine;
 use http::header::{HeaderValue, AUTHORIZATION};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use super::consumers::{sha256, Consumers, Identity};
 use super::BuildCx;
@@ -136,7 +134,7 @@ pub struct BasicAuth {
     challenge: HeaderValue,
     strip: bool,
     consumers: Arc<Consumers>,
-    cache: Mutex<HashMap<[u8; 32], (bool, Instant)>>,
+    cache: super::ttl_cache::TtlCache<bool>,
 }
 
 impl std::fmt::Debug for BasicAuth {
@@ -165,7 +163,7 @@ impl BasicAuth {
             challenge,
             strip: spec.strip,
             consumers: cx.consumers.clone(),
-            cache: Mutex::new(HashMap::new()),
+            cache: super::ttl_cache::TtlCache::new(CACHE_CAP),
         })
     }
 
@@ -190,22 +188,6 @@ impl BasicAuth {
         Some((user, raw[colon + 1..].to_vec()))
     }
 
-    fn cached(&self, key: &[u8; 32]) -> Option<bool> {
-        let cache = self.cache.lock().ok()?;
-        let (ok, at) = cache.get(key)?;
-        let ttl = if *ok { SUCCESS_TTL } else { FAILURE_TTL };
-        (at.elapsed() < ttl).then_some(*ok)
-    }
-
-    fn remember(&self, key: [u8; 32], ok: bool) {
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_CAP {
-                cache.clear();
-            }
-            cache.insert(key, (ok, Instant::now()));
-        }
-    }
-
     /// Checks the credentials (on the blocking pool, bounded) and records the consumer.
     pub async fn on_request(
         &self,
@@ -221,7 +203,7 @@ impl BasicAuth {
             None => Arc::from(decoy()),
         };
         let key = sha256(&[user.as_bytes(), b"\0", &password, b"\0", hash.as_bytes()].concat());
-        let ok = match self.cached(&key) {
+        let ok = match self.cache.get(&key) {
             Some(ok) => ok,
             None => {
                 let permit =
@@ -239,7 +221,8 @@ impl BasicAuth {
                 })
                 .await
                 .unwrap_or(false);
-                self.remember(key, ok);
+                self.cache
+                    .put(key, ok, if ok { SUCCESS_TTL } else { FAILURE_TTL });
                 ok
             }
         };

@@ -290,16 +290,6 @@ impl Consumers {
         self.list.iter().find(|c| &*c.name == name)
     }
 
-    /// How many consumers there are.
-    pub fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
     /// Writes the identity headers for `who` into a request's headers.
     ///
     /// `replacing`: an earlier policy of this request already wrote an identity (the

@@ -16,6 +16,7 @@ pub mod ip_restriction;
 pub mod jwt;
 pub mod mtls;
 pub mod oauth2_introspection;
+pub mod ttl_cache;
 
 use serde::{Deserialize, Serialize};
 

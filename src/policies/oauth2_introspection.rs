@@ -13,14 +13,12 @@
 //! error="insufficient_scope"`; the endpoint down or answering garbage, 503
 //! `auth_unavailable` (fail closed).
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use http::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use serde::{Deserialize, Serialize};
-use tokio::time::Instant;
 
 use super::consumers::{sha256, Consumers, Identity};
 use super::jwt::token::Claims;
@@ -106,12 +104,10 @@ pub struct Introspection {
     tls: Option<UpstreamTls>,
     forward_token: bool,
     consumers: Arc<Consumers>,
-    cache: Mutex<HashMap<[u8; 32], (Answer, Instant)>>,
+    cache: super::ttl_cache::TtlCache<Answer>,
     /// Calls in flight to the endpoint: past [`MAX_IN_FLIGHT`], new tokens get 503 at
     /// once instead of piling up connections to the authorization server.
     in_flight: Arc<tokio::sync::Semaphore>,
-    /// Calls made to the endpoint (tests, metrics).
-    pub calls: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Introspection {
@@ -176,50 +172,30 @@ impl Introspection {
             tls,
             forward_token: spec.forward_token,
             consumers: cx.consumers.clone(),
-            cache: Mutex::new(HashMap::new()),
+            cache: super::ttl_cache::TtlCache::new(CACHE_CAP),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
-            calls: Default::default(),
         })
     }
 
-    fn cached(&self, key: &[u8; 32]) -> Option<Answer> {
-        let cache = self.cache.lock().ok()?;
-        let (answer, until) = cache.get(key)?;
-        (Instant::now() < *until).then(|| answer.clone())
-    }
-
-    fn remember(&self, key: [u8; 32], answer: Answer) {
-        let now = Instant::now();
-        let until = match &answer {
-            None => now + self.negative_ttl,
-            Some(claims) => {
-                let left = claims
-                    .get("exp")
-                    .and_then(|v| v.as_f64())
-                    .map(|exp| exp - unix_now())
-                    // An `exp` from the server can be any number: clamp before the
-                    // conversion, which panics past u64 seconds.
-                    .map_or(self.cache_ttl, |s| {
-                        Duration::try_from_secs_f64(s.clamp(0.0, self.cache_ttl.as_secs_f64()))
-                            .unwrap_or(self.cache_ttl)
-                    });
-                now + left.min(self.cache_ttl)
-            }
+    /// How long `answer` may be cached: inactive ones `negative_ttl`; active ones until
+    /// the token's `exp`, at most `cache_ttl`.
+    fn ttl(&self, answer: &Answer) -> Duration {
+        let Some(claims) = answer else {
+            return self.negative_ttl;
         };
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_CAP {
-                cache.retain(|_, (_, u)| *u > now);
-                if cache.len() >= CACHE_CAP {
-                    cache.clear();
-                }
-            }
-            cache.insert(key, (answer, until));
-        }
+        claims
+            .get("exp")
+            .and_then(|v| v.as_f64())
+            .map(|exp| exp - unix_now())
+            // An `exp` from the server can be any number: clamp before the conversion,
+            // which panics past u64 seconds.
+            .map_or(self.cache_ttl, |s| {
+                Duration::try_from_secs_f64(s.clamp(0.0, self.cache_ttl.as_secs_f64()))
+                    .unwrap_or(self.cache_ttl)
+            })
     }
 
     async fn ask(&self, token: &str) -> Result<Answer, String> {
-        self.calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = format!("token={}&token_type_hint=access_token", form(token));
         let (status, bytes) = crate::http::fetch::fetch(crate::http::fetch::Call {
             url: &self.endpoint,
@@ -278,7 +254,7 @@ impl Introspection {
             return Err(invalid());
         }
         let key = sha256(token.as_bytes());
-        let answer = match self.cached(&key) {
+        let answer = match self.cache.get(&key) {
             Some(a) => a,
             None => {
                 let Ok(_permit) = self.in_flight.clone().try_acquire_owned() else {
@@ -288,7 +264,7 @@ impl Introspection {
                 let token = token.to_owned();
                 match self.ask(&token).await {
                     Ok(a) => {
-                        self.remember(key, a.clone());
+                        self.cache.put(key, a.clone(), self.ttl(&a));
                         a
                     }
                     Err(e) => {

@@ -364,8 +364,6 @@ pub struct RemoteJwks {
     last_attempt: Mutex<Option<Instant>>,
     fetching: tokio::sync::Mutex<()>,
     started: std::sync::atomic::AtomicBool,
-    /// Completed fetches (for tests and metrics).
-    pub fetches: std::sync::atomic::AtomicU64,
 }
 
 type Registry = Mutex<HashMap<RemoteSettings, Weak<RemoteJwks>>>;
@@ -397,7 +395,6 @@ impl RemoteJwks {
             last_attempt: Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
             started: Default::default(),
-            fetches: Default::default(),
         });
         map.insert(settings, Arc::downgrade(&me));
         me
@@ -407,28 +404,24 @@ impl RemoteJwks {
     /// fetch timeout). `None`: no keys could be loaded (the caller answers 503).
     pub async fn keys(self: &Arc<Self>) -> Option<Arc<(KeySet, Instant)>> {
         self.start();
-        if let Some(k) = self.fresh_enough() {
+        if let Some(k) = self.cached() {
             return Some(k);
         }
         self.refresh(false).await;
-        self.fresh_enough()
+        self.cached()
     }
 
     /// The cached keys, if any are fresh enough; never waits.
     pub fn cached(&self) -> Option<Arc<(KeySet, Instant)>> {
-        self.fresh_enough()
-    }
-
-    fn fresh_enough(&self) -> Option<Arc<(KeySet, Instant)>> {
         self.keys
             .load_full()
             .filter(|k| k.1.elapsed() <= self.settings.max_stale)
     }
 
     /// Fetches again for an unknown `kid`, unless a fetch happened within
-    /// `min_refresh_interval`. Returns whether new keys were loaded.
-    pub async fn refresh_for_unknown_kid(self: &Arc<Self>) -> bool {
-        self.refresh(false).await
+    /// `min_refresh_interval`.
+    pub async fn refresh_for_unknown_kid(self: &Arc<Self>) {
+        self.refresh(false).await;
     }
 
     fn start(self: &Arc<Self>) {
@@ -458,8 +451,6 @@ impl RemoteJwks {
             }
             *last = Some(Instant::now());
         }
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let got = crate::http::fetch::fetch(crate::http::fetch::Call {
             url: &self.uri,
             method: http::Method::GET,
