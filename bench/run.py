@@ -11,7 +11,8 @@ the same run. Workloads:
       the upstream stays plain HTTP
   latency  added p50/p99 over direct at a fixed 1,000 requests/s (oha)
   W2a W1 plus jwt HS256 (iss, aud, exp checked); W2b W1 plus api_key; both against
-      turnpike plain and nginx plain in the same rounds
+      turnpike plain and nginx plain in the same rounds (counts also W2a with the
+      verified-token cache off: the cost of a first sight of a token)
   W4  memory: RSS at start (quickstart config), bytes per idle keep-alive connection
       (5000 connections after one request each), peak RSS at 1000 active connections
   counts  (--counts) user-space instructions per request (callgrind) and system calls
@@ -58,6 +59,7 @@ JWT = hs256_token(JWT_SECRET, {"iss": "https://id.bench", "aud": "api", "sub": "
 VARIANTS = {
     "turnpike-w2a": (ROOT / "bench" / "turnpike-w2a.yaml", f"Authorization: Bearer {JWT}"),
     "turnpike-w2b": (ROOT / "bench" / "turnpike-w2b.yaml", f"x-api-key: {API_KEY}"),
+    "turnpike-w2a-nocache": (ROOT / "bench" / "turnpike-w2a-nocache.yaml", f"Authorization: Bearer {JWT}"),
 }
 
 
@@ -412,7 +414,7 @@ def counts(args, proxies):
     upstream = proxies.start_upstream()
     out = {}
     n, warm = args.count_requests, 2000
-    names = ["nginx", "turnpike"] + (["turnpike-w2a", "turnpike-w2b"] if "w2" in args.workloads.split(",") else [])
+    names = ["nginx", "turnpike"] + (["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"] if "w2" in args.workloads.split(",") else [])
     for name in names:
         header = VARIANTS.get(name, (None, None))[1]
         cg = Path(tempfile.mkdtemp()) / "callgrind.out"
@@ -449,7 +451,7 @@ def counts(args, proxies):
         log(f"counts {name}: {total / n:.0f} instructions, {calls / n:.2f} syscalls per request")
     stop(upstream)
     proxies.procs.clear()
-    for v in ["turnpike-w2a", "turnpike-w2b"]:
+    for v in ["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"]:
         if v in out:
             out[f"{v}_added_instructions"] = out[v]["instructions_per_req"] - out["turnpike"]["instructions_per_req"]
     out["instructions_ratio"] = out["turnpike"]["instructions_per_req"] / out["nginx"]["instructions_per_req"]
@@ -510,7 +512,7 @@ def report(results):
     if "counts" in results:
         c = results["counts"]
         lines += ["## Noise-free counts (fixed request count)", "| | instructions/request | syscalls/request |", "|---|---|---|"]
-        for n in ["nginx", "turnpike", "turnpike-w2a", "turnpike-w2b"]:
+        for n in ["nginx", "turnpike", "turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"]:
             if n in c:
                 lines.append(f"| {n} | {c[n]['instructions_per_req']:.0f} | {c[n]['syscalls_per_req']:.2f} |")
         lines += ["", f"Ratios turnpike / nginx: instructions {c['instructions_ratio']:.2f}, syscalls {c['syscalls_ratio']:.2f}.", ""]

@@ -59,6 +59,8 @@ pub enum GatewayError {
     /// The bearer token lacks a scope the route requires: 403 with
     /// `WWW-Authenticate: Bearer error="insufficient_scope"` (RFC 6750 §3.1).
     InsufficientScope,
+    /// Over a rate limit: 429 with these headers (`Retry-After`, `RateLimit`, ...).
+    RateLimited(Box<http::HeaderMap>),
     /// No endpoint of the upstream can take the request.
     NoEndpoint { upstream: String },
     /// Connecting to the upstream failed or timed out.
@@ -89,6 +91,7 @@ impl GatewayError {
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::InsufficientScope => StatusCode::FORBIDDEN,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NoEndpoint { .. } | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. }
             | Self::UpstreamReset { .. }
@@ -115,6 +118,7 @@ impl GatewayError {
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden(_) => "forbidden",
             Self::InsufficientScope => "insufficient_scope",
+            Self::RateLimited(_) => "rate_limited",
             Self::NoEndpoint { .. } => "no_endpoint",
             Self::AuthUnavailable => "auth_unavailable",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
@@ -140,7 +144,8 @@ impl GatewayError {
             | Self::LoopDetected
             | Self::Unauthorized { .. }
             | Self::Forbidden(_)
-            | Self::InsufficientScope => ErrorSide::Downstream,
+            | Self::InsufficientScope
+            | Self::RateLimited(_) => ErrorSide::Downstream,
             Self::NoEndpoint { .. }
             | Self::UpstreamConnect { .. }
             | Self::UpstreamTimeout { .. }
@@ -174,6 +179,7 @@ impl GatewayError {
             Self::LoopDetected => "request loop detected",
             Self::Unauthorized { reason, .. } | Self::Forbidden(reason) => reason,
             Self::InsufficientScope => "the token lacks a required scope",
+            Self::RateLimited(_) => "rate limit exceeded, retry later",
             Self::NoEndpoint { .. } => "no upstream endpoint available",
             Self::AuthUnavailable => "authentication is unavailable, try again later",
             Self::UpstreamConnect { .. } => "could not connect to the upstream service",
@@ -218,6 +224,7 @@ impl GatewayError {
             } => {
                 headers.insert(WWW_AUTHENTICATE, c);
             }
+            Self::RateLimited(extra) => headers.extend(*extra),
             Self::InsufficientScope => {
                 headers.insert(
                     WWW_AUTHENTICATE,

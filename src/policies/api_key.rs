@@ -136,7 +136,7 @@ impl ApiKey {
 }
 
 /// The percent-decoded value of query parameter `name` (the first one).
-fn query_value(uri: &http::Uri, name: &str) -> Option<Vec<u8>> {
+pub(crate) fn query_value(uri: &http::Uri, name: &str) -> Option<Vec<u8>> {
     let query = uri.query()?;
     query.split('&').find_map(|pair| {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));

@@ -16,6 +16,7 @@ pub mod ip_restriction;
 pub mod jwt;
 pub mod mtls;
 pub mod oauth2_introspection;
+pub mod rate_limit;
 pub mod ttl_cache;
 
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,8 @@ pub enum PolicySpec {
     Oauth2Introspection(oauth2_introspection::IntrospectionSpec),
     /// Several authentication policies as alternatives or all required.
     Auth(auth::AuthSpec),
+    /// At most N requests per period per key.
+    RateLimit(rate_limit::RateLimitSpec),
 }
 
 /// Adds the names of the headers `list`'s policies set from a verified identity (`jwt`
@@ -92,6 +95,7 @@ impl PolicySpec {
             Self::Mtls(_) => "mtls",
             Self::Oauth2Introspection(_) => "oauth2_introspection",
             Self::Auth(_) => "auth",
+            Self::RateLimit(_) => "rate_limit",
         }
     }
 
@@ -107,6 +111,7 @@ impl PolicySpec {
             Self::Mtls(s) => s.name.as_deref(),
             Self::Oauth2Introspection(s) => s.name.as_deref(),
             Self::Auth(s) => s.name.as_deref(),
+            Self::RateLimit(s) => s.name.as_deref(),
         }
     }
 
@@ -129,6 +134,9 @@ impl PolicySpec {
                     .map(|i| Policy::Oauth2Introspection(Box::new(i)))
             }
             Self::Auth(s) => auth::Auth::build(path, s, cx, p).map(Policy::Auth),
+            Self::RateLimit(s) => {
+                rate_limit::RateLimit::build(path, s, cx, p).map(|r| Policy::RateLimit(Box::new(r)))
+            }
         }
     }
 }
@@ -153,6 +161,8 @@ pub enum Policy {
     Oauth2Introspection(Box<oauth2_introspection::Introspection>),
     /// See [`auth`].
     Auth(auth::Auth),
+    /// See [`rate_limit`].
+    RateLimit(Box<rate_limit::RateLimit>),
     /// Records calls and answers as told: for the pipeline's own tests.
     #[cfg(test)]
     Probe(crate::pipeline::tests::Probe),
@@ -171,6 +181,7 @@ impl Policy {
             Self::Mtls(_) => "mtls",
             Self::Oauth2Introspection(_) => "oauth2_introspection",
             Self::Auth(_) => "auth",
+            Self::RateLimit(_) => "rate_limit",
             #[cfg(test)]
             Self::Probe(_) => "probe",
         }
@@ -197,6 +208,13 @@ impl Policy {
             Self::Mtls(p) => p.on_request(ctx, req),
             Self::Oauth2Introspection(p) => Box::pin(p.on_request(ctx, req)).await,
             Self::Auth(p) => Box::pin(p.on_request(ctx, req)).await,
+            Self::RateLimit(p) => {
+                let wait = p.on_request(ctx, req)?;
+                if !wait.is_zero() {
+                    Box::pin(tokio::time::sleep(wait)).await;
+                }
+                Ok(Flow::Continue)
+            }
             #[cfg(test)]
             Self::Probe(p) => p.on_request(),
         }
@@ -214,6 +232,7 @@ impl Policy {
             Self::Mtls(p) => p.on_response(ctx, resp),
             Self::Oauth2Introspection(p) => p.on_response(ctx, resp),
             Self::Auth(p) => p.on_response(ctx, resp),
+            Self::RateLimit(p) => p.on_response(ctx, resp),
             #[cfg(test)]
             Self::Probe(p) => p.on_response(resp),
         }

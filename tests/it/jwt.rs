@@ -277,6 +277,68 @@ async fn valid_tokens_of_every_family_pass_and_the_upstream_learns_the_claims() 
 }
 
 #[tokio::test]
+async fn a_cached_token_is_treated_as_a_verified_one_and_still_expires() {
+    let keys = Keys::new();
+    let up = echo("app").await;
+    let yaml = config(up.addr, &keys, "{file: x.json}")
+        .replace(
+            "jwks: {file: x.json}",
+            "secret: \"another-secret-of-at-least-32-bytes\"",
+        )
+        .replace("cookie: session", "cookie: session\n        leeway: 0s");
+    let gw = gateway(&yaml).await;
+    let base = url(&gw, "public");
+    let header = serde_json::json!({"alg": "RS256", "kid": "rsa-1"});
+    let t = sign(&keys, header.clone(), claims(serde_json::json!({})));
+    // The second call is answered from the cache: the same identity and claims reach
+    // the upstream, and the token is still removed.
+    for round in 0..2 {
+        let r = call(&base, "/users/1", &t).await;
+        assert_eq!(r.status, 200, "round {round}: {:?}", r.body);
+        let seen = r.echo();
+        assert_eq!(seen.header("x-user-id"), Some("alice"));
+        assert_eq!(seen.header("x-user-scope"), Some("orders:read profile"));
+        assert_eq!(seen.header("x-consumer-username"), Some("alice"));
+        assert_eq!(seen.header("authorization"), None);
+    }
+    // The acl after jwt reads the claims of a cached token too (the second call): a
+    // token with the scope passes twice, one without it is refused twice.
+    let writer = sign(
+        &keys,
+        header.clone(),
+        claims(serde_json::json!({"scope": "orders:write"})),
+    );
+    for _ in 0..2 {
+        assert_eq!(call(&base, "/orders/1", &writer).await.status, 200);
+        let r = call(&base, "/orders/1", &t).await;
+        assert_eq!(r.status, 403, "{:?}", r.body);
+    }
+    // A token that expires in a second: accepted now, refused once expired, although
+    // it was cached while valid.
+    let short = sign(&keys, header, claims(serde_json::json!({"exp": now() + 1})));
+    let first = call(&base, "/users/1", &short).await;
+    if first.status == 200 {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = call(&base, "/users/1", &short).await;
+            if r.status == 401 {
+                refused(&r, "Bearer error=\"invalid_token\"");
+                break;
+            }
+            assert_eq!(r.status, 200);
+            assert!(
+                std::time::Instant::now() < deadline,
+                "an expired cached token is still accepted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    } else {
+        // The second ended between signing and calling: refused as expired.
+        refused(&first, "Bearer error=\"invalid_token\"");
+    }
+}
+
+#[tokio::test]
 async fn attack_tokens_are_401_and_never_reach_the_upstream() {
     let keys = Keys::new();
     let up = echo("app").await;
@@ -740,10 +802,9 @@ async fn remote_keys_are_kept_through_an_outage_and_a_new_kid_is_fetched() {
             claims(serde_json::json!({})),
         )
     };
-    assert_eq!(
-        call(&base, "/remote/1", &token(&keys, "k1")).await.status,
-        200
-    );
+    // One k1 token, used again at the end: the verified-token cache holds it.
+    let old = token(&keys, "k1");
+    assert_eq!(call(&base, "/remote/1", &old).await.status, 200);
     for mode in ["500", "garbage", "huge", "slow"] {
         *idp.mode.lock().unwrap() = mode;
         // An unknown kid makes the gateway fetch; the fetch fails; k1 still works.
@@ -765,7 +826,9 @@ async fn remote_keys_are_kept_through_an_outage_and_a_new_kid_is_fetched() {
         call(&base, "/remote/1", &token(&next, "k2")).await.status,
         200
     );
-    // The removed k1 is gone with the refreshed document.
+    // The removed k1 is gone with the refreshed document, also for the token that was
+    // verified (and cached) while k1 was published.
+    assert_eq!(call(&base, "/remote/1", &old).await.status, 401);
     assert_eq!(
         call(&base, "/remote/1", &token(&keys, "k1")).await.status,
         401

@@ -17,6 +17,7 @@ mod grpc;
 mod h2abuse;
 mod jwt;
 mod proxy;
+mod rate_limit;
 mod reload;
 mod routing;
 mod shutdown;

@@ -13,14 +13,17 @@
 //! error="invalid_token"`; a provider whose keys cannot be loaded, 503
 //! `auth_unavailable` (logged). A malformed token is never a 5xx.
 
+mod cache;
 pub mod keys;
 mod spec;
 pub mod token;
 
-pub use spec::{JwksSpec, JwtSpec, PemKeySpec, ProviderSpec};
+pub use spec::{JwksSpec, JwtSpec, PemKeySpec, ProviderSpec, TokenCacheSpec};
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, COOKIE};
 use jsonwebtoken::jwk::Jwk;
@@ -30,6 +33,7 @@ use super::BuildCx;
 use crate::config::Problems;
 use crate::http::{GatewayError, Request, Response};
 use crate::pipeline::{Flow, RequestCtx};
+use cache::{TokenCache, Verified};
 use keys::{KeySet, RemoteJwks, RemoteSettings, Verdict};
 use token::{ClaimRules, Claims};
 
@@ -53,6 +57,16 @@ pub struct Jwt {
     forward: Vec<(HeaderName, String)>,
     forward_token: bool,
     consumers: Arc<Consumers>,
+    cache: Option<TokenCache>,
+}
+
+/// The remote key set that verified a token (`None`: the policy's own keys).
+type VerifiedBy = Option<Weak<(KeySet, Instant)>>;
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 impl std::fmt::Debug for Jwt {
@@ -265,6 +279,7 @@ impl Jwt {
             forward,
             forward_token: spec.forward_token,
             consumers: cx.consumers.clone(),
+            cache: TokenCache::new(spec.cache.max_entries),
         })
     }
 
@@ -300,13 +315,23 @@ impl Jwt {
         ctx: &mut RequestCtx,
         req: &mut Request,
     ) -> Result<Result<Flow, GatewayError>, String> {
-        let (index, summary, payload) = {
+        let now = now_secs();
+        let (index, summary, payload, by, raw) = {
             let Some(raw) = self.token(req).filter(|t| !t.is_empty()) else {
                 return Ok(Err(GatewayError::Unauthorized {
                     reason: "no bearer token in the request",
                     challenge: Some(MISSING),
                 }));
             };
+            if let Some(cache) = &self.cache {
+                if let Some(hit) = cache.get(raw, now) {
+                    if self.keys_unchanged(&hit) {
+                        self.apply(ctx, req, &hit);
+                        return Ok(Ok(Flow::Continue));
+                    }
+                    cache.remove(raw);
+                }
+            }
             let parsed = match token::parse(raw) {
                 Ok(t) => t,
                 Err(e) => return Ok(Err(refuse(e))),
@@ -315,12 +340,26 @@ impl Jwt {
                 return Ok(Err(refuse("token issuer not accepted")));
             };
             match self.verify_at_hand(&self.providers[index], &parsed) {
-                Some(Ok(())) => (index, parsed.claims, parsed.payload),
+                Some(Ok(by)) => {
+                    let keep = (self.cache.is_some() && raw.len() <= cache::MAX_TOKEN)
+                        .then(|| Box::<str>::from(raw));
+                    (index, parsed.claims, parsed.payload, by, keep)
+                }
                 Some(Err(e)) => return Ok(Err(e)),
                 None => return Err(raw.to_owned()),
             }
         };
-        Ok(self.finish(ctx, req, index, summary, payload))
+        Ok(self.finish(ctx, req, index, summary, payload, by, raw.as_deref(), now))
+    }
+
+    /// Whether the remote keys that verified a cached token are still the ones in use.
+    fn keys_unchanged(&self, v: &Verified) -> bool {
+        let Some(by) = &v.keys else { return true };
+        self.providers[v.provider]
+            .remote
+            .as_ref()
+            .and_then(|r| r.cached())
+            .is_some_and(|k| std::ptr::eq(Arc::as_ptr(&k), by.as_ptr()))
     }
 
     /// The rest of [`Jwt::on_request`] when remote keys must be fetched.
@@ -354,20 +393,30 @@ impl Jwt {
             );
             return Err(GatewayError::AuthUnavailable);
         };
-        match verdict(&keys.0) {
-            Verdict::Valid => {}
+        let by = match verdict(&keys.0) {
+            Verdict::Valid => Arc::downgrade(&keys),
             Verdict::Invalid => return Err(refuse("token signature invalid")),
             Verdict::UnknownKid => {
                 // Another request may have fetched the new document meanwhile (and
                 // this one been rate-limited): the cache is read again either way.
                 remote.refresh_for_unknown_kid().await;
-                let fresh = remote.cached();
-                if !fresh.is_some_and(|k| verdict(&k.0) == Verdict::Valid) {
-                    return Err(refuse("token signed by an unknown key"));
+                match remote.cached() {
+                    Some(k) if verdict(&k.0) == Verdict::Valid => Arc::downgrade(&k),
+                    _ => return Err(refuse("token signed by an unknown key")),
                 }
             }
-        }
-        self.finish(ctx, req, index, parsed.claims, parsed.payload)
+        };
+        let (summary, payload) = (parsed.claims, parsed.payload);
+        self.finish(
+            ctx,
+            req,
+            index,
+            summary,
+            payload,
+            Some(by),
+            Some(&raw),
+            now_secs(),
+        )
     }
 
     fn provider_for(&self, t: &token::Parsed<'_>) -> Option<usize> {
@@ -388,12 +437,12 @@ impl Jwt {
         &self,
         provider: &Provider,
         t: &token::Parsed<'_>,
-    ) -> Option<Result<(), GatewayError>> {
+    ) -> Option<Result<VerifiedBy, GatewayError>> {
         let kid = t.kid.as_deref();
         let check = |keys: &KeySet| keys.verify(t.alg, kid, t.signing_input, t.signature);
         let local = provider.local.as_deref().map(check);
         if local == Some(Verdict::Valid) {
-            return Some(Ok(()));
+            return Some(Ok(None));
         }
         let Some(remote) = &provider.remote else {
             return Some(Err(refuse(if local == Some(Verdict::Invalid) {
@@ -402,14 +451,18 @@ impl Jwt {
                 "token signed by an unknown key"
             })));
         };
-        match remote.cached().map(|k| check(&k.0)) {
-            Some(Verdict::Valid) => Some(Ok(())),
-            Some(Verdict::Invalid) => Some(Err(refuse("token signature invalid"))),
-            Some(Verdict::UnknownKid) | None => None,
+        let keys = remote.cached()?;
+        match check(&keys.0) {
+            Verdict::Valid => Some(Ok(Some(Arc::downgrade(&keys)))),
+            Verdict::Invalid => Some(Err(refuse("token signature invalid"))),
+            Verdict::UnknownKid => None,
         }
     }
 
-    /// Claim checks, the consumer, forwarded claims; the token is verified.
+    /// Claim checks, the consumer, forwarded claims; the token is verified (by the
+    /// policy's keys, or by the remote key set `by`). `raw`: the token, to keep in the
+    /// cache when it passes.
+    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         ctx: &mut RequestCtx,
@@ -417,10 +470,10 @@ impl Jwt {
         index: usize,
         summary: token::Summary,
         payload: Vec<u8>,
+        by: VerifiedBy,
+        raw: Option<&str>,
+        now: f64,
     ) -> Result<Flow, GatewayError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
         let provider = &self.providers[index];
         let all = Claims::from_payload(payload);
         token::check_claims(&summary, &all, &provider.rules, now).map_err(refuse)?;
@@ -437,6 +490,35 @@ impl Jwt {
                 .and_then(|s| self.consumers.by_jwt_subject(s))
         }
         .cloned();
+        let forwards = self
+            .forward
+            .iter()
+            .map(|(_, claim)| {
+                all.get(claim)
+                    .and_then(token::claim_text)
+                    .and_then(|t| HeaderValue::from_str(&t).ok())
+            })
+            .collect();
+        let (from, until) = token::valid_window(&summary, provider.rules.leeway);
+        let verified = Verified {
+            from,
+            until,
+            keys: by,
+            provider: index,
+            consumer,
+            forwards,
+            claims: all,
+        };
+        self.apply(ctx, req, &verified);
+        if let (Some(cache), Some(raw)) = (&self.cache, raw) {
+            cache.put(raw, Arc::new(verified), now);
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// What a verified token does to the request: the token removed (unless
+    /// forwarded), claims and identity headers set, the identity recorded.
+    fn apply(&self, ctx: &mut RequestCtx, req: &mut Request, v: &Verified) {
         let headers = req.headers_mut();
         if !self.forward_token {
             headers.remove(&self.header);
@@ -444,26 +526,21 @@ impl Jwt {
                 strip_cookie(headers, name);
             }
         }
-        for (name, claim) in &self.forward {
-            match all
-                .get(claim)
-                .and_then(token::claim_text)
-                .and_then(|t| HeaderValue::from_str(&t).ok())
-            {
+        for ((name, _), value) in self.forward.iter().zip(v.forwards.iter()) {
+            match value {
                 Some(v) => {
-                    headers.insert(name.clone(), v);
+                    headers.insert(name.clone(), v.clone());
                 }
                 None => {
                     headers.remove(name);
                 }
             }
         }
-        let mut who = Identity::new(consumer, "jwt");
+        let mut who = Identity::new(v.consumer.clone(), "jwt");
         self.consumers
             .write_headers(&who, ctx.identity.is_some(), headers);
-        who.claims = Some(all);
+        who.claims = Some(v.claims.clone());
         ctx.identity = Some(who);
-        Ok(Flow::Continue)
     }
 
     /// Nothing to do on the way back.

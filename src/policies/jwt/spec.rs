@@ -35,6 +35,31 @@ pub struct JwtSpec {
     /// Allowed clock skew for `exp`, `nbf` and `iat`.
     #[serde(default = "default_leeway")]
     pub leeway: Dur,
+    /// The cache of verified tokens.
+    #[serde(default)]
+    pub cache: TokenCacheSpec,
+}
+
+/// `cache:` of `type: jwt`: verified tokens kept, so that a token seen again is a
+/// lookup and a time check instead of a signature check.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenCacheSpec {
+    /// How many verified tokens to keep; 0 turns the cache off.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: usize,
+}
+
+impl Default for TokenCacheSpec {
+    fn default() -> Self {
+        Self {
+            max_entries: default_cache_entries(),
+        }
+    }
+}
+
+fn default_cache_entries() -> usize {
+    4096
 }
 
 /// One token issuer and its keys.

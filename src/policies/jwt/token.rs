@@ -290,6 +290,22 @@ fn time(t: Time) -> Result<Option<f64>, &'static str> {
     }
 }
 
+/// The times between which a token whose claims passed [`check_claims`] stays valid:
+/// from `max(nbf, iat) - leeway` to `exp + leeway`.
+pub fn valid_window(c: &Summary, leeway: f64) -> (f64, f64) {
+    let at = |t: Time| match t {
+        Time::At(v) => Some(v),
+        _ => None,
+    };
+    let from = at(c.nbf)
+        .into_iter()
+        .chain(at(c.iat))
+        .fold(f64::NEG_INFINITY, f64::max)
+        - leeway;
+    let until = at(c.exp).map_or(f64::NEG_INFINITY, |e| e + leeway);
+    (from, until)
+}
+
 /// Checks the claims at time `now` (seconds since the epoch). `all` is read only when
 /// `required` names claims.
 pub fn check_claims(
