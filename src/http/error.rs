@@ -61,6 +61,8 @@ pub enum GatewayError {
     InsufficientScope,
     /// Over a rate limit: 429 with these headers (`Retry-After`, `RateLimit`, ...).
     RateLimited(Box<http::HeaderMap>),
+    /// A `concurrency_limit` is full: 503.
+    ConcurrencyLimited,
     /// No endpoint of the upstream can take the request.
     NoEndpoint { upstream: String },
     /// Connecting to the upstream failed or timed out.
@@ -92,7 +94,9 @@ impl GatewayError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoEndpoint { .. } | Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoEndpoint { .. } | Self::AuthUnavailable | Self::ConcurrencyLimited => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamConnect { .. }
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -119,6 +123,7 @@ impl GatewayError {
             Self::Forbidden(_) => "forbidden",
             Self::InsufficientScope => "insufficient_scope",
             Self::RateLimited(_) => "rate_limited",
+            Self::ConcurrencyLimited => "concurrency_limited",
             Self::NoEndpoint { .. } => "no_endpoint",
             Self::AuthUnavailable => "auth_unavailable",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
@@ -152,7 +157,7 @@ impl GatewayError {
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. }
             | Self::AuthUnavailable => ErrorSide::Upstream,
-            Self::Internal(_) => ErrorSide::Gateway,
+            Self::Internal(_) | Self::ConcurrencyLimited => ErrorSide::Gateway,
         }
     }
 
@@ -180,6 +185,7 @@ impl GatewayError {
             Self::Unauthorized { reason, .. } | Self::Forbidden(reason) => reason,
             Self::InsufficientScope => "the token lacks a required scope",
             Self::RateLimited(_) => "rate limit exceeded, retry later",
+            Self::ConcurrencyLimited => "too many requests in progress, retry later",
             Self::NoEndpoint { .. } => "no upstream endpoint available",
             Self::AuthUnavailable => "authentication is unavailable, try again later",
             Self::UpstreamConnect { .. } => "could not connect to the upstream service",

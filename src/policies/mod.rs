@@ -10,6 +10,7 @@ pub mod acl;
 pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
+pub mod concurrency_limit;
 pub mod consumers;
 pub mod headers;
 pub mod ip_restriction;
@@ -49,6 +50,8 @@ pub enum PolicySpec {
     Auth(auth::AuthSpec),
     /// At most N requests per period per key.
     RateLimit(rate_limit::RateLimitSpec),
+    /// At most N requests in flight on a route or group.
+    ConcurrencyLimit(concurrency_limit::ConcurrencyLimitSpec),
 }
 
 /// Adds the names of the headers `list`'s policies set from a verified identity (`jwt`
@@ -96,6 +99,7 @@ impl PolicySpec {
             Self::Oauth2Introspection(_) => "oauth2_introspection",
             Self::Auth(_) => "auth",
             Self::RateLimit(_) => "rate_limit",
+            Self::ConcurrencyLimit(_) => "concurrency_limit",
         }
     }
 
@@ -112,6 +116,7 @@ impl PolicySpec {
             Self::Oauth2Introspection(s) => s.name.as_deref(),
             Self::Auth(s) => s.name.as_deref(),
             Self::RateLimit(s) => s.name.as_deref(),
+            Self::ConcurrencyLimit(s) => s.name.as_deref(),
         }
     }
 
@@ -137,6 +142,8 @@ impl PolicySpec {
             Self::RateLimit(s) => {
                 rate_limit::RateLimit::build(path, s, cx, p).map(|r| Policy::RateLimit(Box::new(r)))
             }
+            Self::ConcurrencyLimit(s) => concurrency_limit::ConcurrencyLimit::build(path, s, cx, p)
+                .map(Policy::ConcurrencyLimit),
         }
     }
 }
@@ -163,6 +170,8 @@ pub enum Policy {
     Auth(auth::Auth),
     /// See [`rate_limit`].
     RateLimit(Box<rate_limit::RateLimit>),
+    /// See [`concurrency_limit`].
+    ConcurrencyLimit(concurrency_limit::ConcurrencyLimit),
     /// Records calls and answers as told: for the pipeline's own tests.
     #[cfg(test)]
     Probe(crate::pipeline::tests::Probe),
@@ -182,6 +191,7 @@ impl Policy {
             Self::Oauth2Introspection(_) => "oauth2_introspection",
             Self::Auth(_) => "auth",
             Self::RateLimit(_) => "rate_limit",
+            Self::ConcurrencyLimit(_) => "concurrency_limit",
             #[cfg(test)]
             Self::Probe(_) => "probe",
         }
@@ -215,6 +225,7 @@ impl Policy {
                 }
                 Ok(Flow::Continue)
             }
+            Self::ConcurrencyLimit(p) => p.on_request(ctx, req),
             #[cfg(test)]
             Self::Probe(p) => p.on_request(),
         }
@@ -233,6 +244,7 @@ impl Policy {
             Self::Oauth2Introspection(p) => p.on_response(ctx, resp),
             Self::Auth(p) => p.on_response(ctx, resp),
             Self::RateLimit(p) => p.on_response(ctx, resp),
+            Self::ConcurrencyLimit(p) => p.on_response(ctx, resp),
             #[cfg(test)]
             Self::Probe(p) => p.on_response(resp),
         }

@@ -179,3 +179,68 @@ async fn bad_limits_keys_and_unavailable_stores_are_config_errors_with_their_pat
         assert!(e.contains(path), "{path}: {e}");
     }
 }
+
+#[tokio::test]
+async fn concurrency_limit_refuses_past_max_and_gives_places_back() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let (g, a) = (gate.clone(), arrived.clone());
+    let up = upstream_fn(move |_req| {
+        let (g, a) = (g.clone(), a.clone());
+        async move {
+            a.fetch_add(1, Ordering::SeqCst);
+            g.acquire().await.unwrap().forget();
+            http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+        }
+    })
+    .await;
+    let yaml = format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:0"}}]
+access_log: {{enabled: false}}
+upstreams:
+  app: {{endpoints: ["{}"]}}
+routes:
+  - name: held
+    match: {{prefix: /held}}
+    upstream: app
+    policies:
+      - type: concurrency_limit
+        max: 2
+"#,
+        up.addr
+    );
+    let gw = gateway(&yaml).await;
+    let base = url(&gw, "public");
+    let held: Vec<_> = (0..2)
+        .map(|i| tokio::spawn(get_owned(format!("{base}/held/{i}"))))
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while arrived.load(Ordering::SeqCst) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held requests did not arrive"
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    // Both places taken: the third is refused by the gateway, without reaching the
+    // upstream.
+    let r = get(&format!("{base}/held/3"), &[]).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error_code(), "concurrency_limited");
+    assert_eq!(arrived.load(Ordering::SeqCst), 2);
+    gate.add_permits(2);
+    for h in held {
+        assert_eq!(h.await.unwrap(), 200);
+    }
+    // The places were given back.
+    gate.add_permits(1);
+    assert_eq!(get(&format!("{base}/held/4"), &[]).await.status, 200);
+}
+
+async fn get_owned(url: String) -> u16 {
+    get(&url, &[]).await.status.as_u16()
+}
