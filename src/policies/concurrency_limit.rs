@@ -8,7 +8,7 @@
 //! Counters of a route or group survive a reload that keeps the policy's spec.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -52,23 +52,6 @@ impl Drop for Place {
 #[derive(Debug, Clone, Default)]
 struct Places(Vec<Arc<Place>>);
 
-type Registry = Mutex<std::collections::HashMap<String, Weak<AtomicUsize>>>;
-
-fn counter(identity: String) -> Arc<AtomicUsize> {
-    static R: OnceLock<Registry> = OnceLock::new();
-    let mut map = R
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    map.retain(|_, w| w.strong_count() > 0);
-    if let Some(live) = map.get(&identity).and_then(Weak::upgrade) {
-        return live;
-    }
-    let c = Arc::new(AtomicUsize::new(0));
-    map.insert(identity, Arc::downgrade(&c));
-    c
-}
-
 impl ConcurrencyLimit {
     /// Builds the policy from its spec.
     pub fn build(
@@ -83,12 +66,12 @@ impl ConcurrencyLimit {
         // The count is shared by what has the same place (or group); a changed `max`
         // keeps the count of the requests already in flight.
         let identity = match &spec.group {
-            Some(g) => format!("group:{g}"),
-            None => format!("route:{}#{path}", cx.route),
+            Some(g) => format!("concurrency_limit:group:{g}"),
+            None => format!("concurrency_limit:route:{}#{path}", cx.route),
         };
         Some(Self {
             max: spec.max,
-            in_flight: counter(identity),
+            in_flight: super::state::shared(identity, || AtomicUsize::new(0)),
         })
     }
 

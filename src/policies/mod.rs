@@ -18,6 +18,7 @@ pub mod jwt;
 pub mod mtls;
 pub mod oauth2_introspection;
 pub mod rate_limit;
+pub mod state;
 pub mod ttl_cache;
 
 use serde::{Deserialize, Serialize};

@@ -9,7 +9,7 @@
 //! admitting a request, never towards refusing one.
 
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 
 use super::gcra::{decide, Decision, Limit};
@@ -36,9 +36,19 @@ impl LocalStore {
         }
     }
 
+    /// A hasher for one key: the caller writes the key's parts into it.
+    pub fn key_hasher(&self) -> impl Hasher {
+        self.hasher.build_hasher()
+    }
+
     /// Decides a request of `key` at `now` (see [`decide`]).
+    #[cfg(test)]
     pub fn decide(&self, key: &[u8], limits: &[Limit], now: u64, max_delay: u64) -> Decision {
-        let h = self.hasher.hash_one(key);
+        self.decide_hashed(self.hasher.hash_one(key), limits, now, max_delay)
+    }
+
+    /// Decides a request of the key whose [`LocalStore::key_hasher`] hash is `h`.
+    pub fn decide_hashed(&self, h: u64, limits: &[Limit], now: u64, max_delay: u64) -> Decision {
         let shard = &self.shards[(h as usize) % SHARDS];
         let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(tats) = map.get_mut(&h) {

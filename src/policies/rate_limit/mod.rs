@@ -5,7 +5,7 @@
 //! `mode: delay` holds it instead, up to `max_delay`.
 //!
 //! State lives in a registry keyed by the route (or `group`), the policy's place and its
-//! spec, so a reload that keeps the policy keeps its counters ([`registry`]). The store
+//! spec, so a reload that keeps the policy keeps its counters ([`super::state`]). The store
 //! is `local` ([`local`]); `store: redis` and `plans` are refused at load until the
 //! cluster-wide store lands.
 
@@ -15,7 +15,8 @@ mod spec;
 
 pub use spec::{KeyPart, Mode, RateLimitSpec};
 
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::hash::Hasher;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
@@ -50,25 +51,6 @@ static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 static X_LIMIT: HeaderName = HeaderName::from_static("x-ratelimit-limit");
 static X_REMAINING: HeaderName = HeaderName::from_static("x-ratelimit-remaining");
 static X_RESET: HeaderName = HeaderName::from_static("x-ratelimit-reset");
-
-type Registry = Mutex<std::collections::HashMap<String, Weak<LocalStore>>>;
-
-/// The live stores by identity (`route#slot` or `group:NAME`, plus the spec): a
-/// rebuilt policy with the same identity finds its counters.
-fn registry(identity: String, max_keys: usize) -> Arc<LocalStore> {
-    static R: OnceLock<Registry> = OnceLock::new();
-    let mut map = R
-        .get_or_init(Default::default)
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    map.retain(|_, w| w.strong_count() > 0);
-    if let Some(live) = map.get(&identity).and_then(Weak::upgrade) {
-        return live;
-    }
-    let store = Arc::new(LocalStore::new(max_keys));
-    map.insert(identity, Arc::downgrade(&store));
-    store
-}
 
 /// Nanoseconds on the limiter's clock (monotonic; paused with tokio's test clock).
 fn now_ns() -> u64 {
@@ -113,14 +95,20 @@ impl RateLimit {
                 .map(|(l, n)| format!("\"{n}\";q={};w={}", l.count, l.period / 1_000_000_000))
                 .collect::<Vec<_>>()
                 .join(", ");
-            HeaderValue::from_str(&text).ok()?
+            match HeaderValue::from_str(&text) {
+                Ok(v) => v,
+                Err(_) => {
+                    p.push(format!("{path}.limits"), "a limit is not valid header text");
+                    return None;
+                }
+            }
         };
         let identity = match &spec.group {
-            Some(g) => format!("group:{g}|{}", spec.identity()),
-            None => format!("route:{}#{path}|{}", cx.route, spec.identity()),
+            Some(g) => format!("rate_limit:group:{g}|{}", spec.identity()),
+            None => format!("rate_limit:route:{}#{path}|{}", cx.route, spec.identity()),
         };
         Some(Self {
-            store: registry(identity, spec.max_keys),
+            store: super::state::shared(identity, || LocalStore::new(spec.max_keys)),
             limits,
             names,
             policy_header,
@@ -134,16 +122,14 @@ impl RateLimit {
         })
     }
 
-    /// The key of this request: its parts joined, each tagged with its kind.
-    fn key(&self, ctx: &RequestCtx, req: &Request) -> Vec<u8> {
-        let mut key = Vec::with_capacity(64);
+    /// The hash of this request's key: its parts, each tagged with its kind, written
+    /// straight into the store's hasher (nothing allocated).
+    fn key(&self, ctx: &RequestCtx, req: &Request) -> u64 {
+        let mut h = self.store.key_hasher();
         for part in &self.key {
-            if !key.is_empty() {
-                key.push(0);
-            }
-            spec::key_part(part, ctx, req, &mut key);
+            spec::key_part(part, ctx, req, &mut h);
         }
-        key
+        h.finish()
     }
 
     /// Admits or refuses the request; an admitted request must first wait the
@@ -159,7 +145,7 @@ impl RateLimit {
         let key = self.key(ctx, req);
         let d = self
             .store
-            .decide(&key, &self.limits, now_ns(), self.max_delay);
+            .decide_hashed(key, &self.limits, now_ns(), self.max_delay);
         if !d.allowed {
             let mut headers = http::HeaderMap::new();
             let secs = d.wait.div_ceil(1_000_000_000).max(1);

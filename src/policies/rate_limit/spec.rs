@@ -1,6 +1,6 @@
 //! What a user writes for `type: rate_limit`, and how a request's key is read.
 
-use std::io::Write;
+use std::hash::{Hash, Hasher};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -274,54 +274,45 @@ pub(super) fn limits(path: &str, spec: &RateLimitSpec, p: &mut Problems) -> Vec<
     out
 }
 
-/// Appends the bytes of one key part, tagged with its kind.
-pub(super) fn key_part(part: &KeyPart, ctx: &RequestCtx, req: &Request, key: &mut Vec<u8>) {
+/// Writes one key part into `h`, tagged with its kind (and its length, so that parts
+/// cannot run into each other). An absent part is the client address.
+pub(super) fn key_part(part: &KeyPart, ctx: &RequestCtx, req: &Request, h: &mut impl Hasher) {
     let id = ctx.identity.as_ref();
+    let mut put = |tag: u8, bytes: &[u8]| {
+        h.write_u8(tag);
+        h.write_usize(bytes.len());
+        h.write(bytes);
+        true
+    };
     let claim = |name: &str| {
         id.and_then(|i| i.claims.as_ref())
             .and_then(|c| c.get(name))
             .and_then(crate::policies::jwt::token::claim_text)
     };
+    let consumer = id.and_then(|i| i.consumer.as_ref()).map(|c| &c.name);
     let found = match part {
-        KeyPart::Consumer => id.and_then(|i| i.consumer.as_ref()).map(|c| {
-            key.extend_from_slice(b"c=");
-            key.extend_from_slice(c.name.as_bytes());
-        }),
-        KeyPart::Credential => claim("sub")
-            .map(|s| {
-                key.extend_from_slice(b"s=");
-                key.extend_from_slice(s.as_bytes());
-            })
-            .or_else(|| {
-                id.and_then(|i| i.consumer.as_ref()).map(|c| {
-                    key.extend_from_slice(b"c=");
-                    key.extend_from_slice(c.name.as_bytes());
-                })
-            }),
-        KeyPart::ClientIp => None,
-        KeyPart::Route => {
-            key.push(b'r');
-            Some(())
-        }
-        KeyPart::Header(name) => req.headers().get(name).map(|v| {
-            key.extend_from_slice(b"h=");
-            key.extend_from_slice(v.as_bytes());
-        }),
-        KeyPart::Param(name) => ctx
-            .param(name)
-            .map(|v| v.as_bytes().to_vec())
-            .or_else(|| crate::policies::api_key::query_value(&ctx.uri, name))
-            .map(|v| {
-                key.extend_from_slice(b"p=");
-                key.extend_from_slice(&v);
-            }),
-        KeyPart::Claim(name) => claim(name).map(|v| {
-            key.extend_from_slice(b"t=");
-            key.extend_from_slice(v.as_bytes());
-        }),
+        KeyPart::Consumer => consumer.is_some_and(|c| put(b'c', c.as_bytes())),
+        KeyPart::Credential => match claim("sub") {
+            Some(sub) => put(b's', sub.as_bytes()),
+            None => consumer.is_some_and(|c| put(b'c', c.as_bytes())),
+        },
+        KeyPart::ClientIp => false,
+        KeyPart::Route => put(b'r', b""),
+        KeyPart::Header(name) => req
+            .headers()
+            .get(name)
+            .is_some_and(|v| put(b'h', v.as_bytes())),
+        KeyPart::Param(name) => match ctx.param(name) {
+            Some(v) => put(b'p', v.as_bytes()),
+            None => {
+                crate::policies::api_key::query_value(&ctx.uri, name).is_some_and(|v| put(b'p', &v))
+            }
+        },
+        KeyPart::Claim(name) => claim(name).is_some_and(|v| put(b't', v.as_bytes())),
     };
-    if found.is_none() {
-        let _ = write!(key, "ip={}", ctx.client_ip);
+    if !found {
+        h.write_u8(b'i');
+        ctx.client_ip.hash(h);
     }
 }
 
