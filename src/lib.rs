@@ -17,6 +17,7 @@ pub mod policies;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod store;
 pub mod targets;
 pub mod telemetry;
 pub mod tls;

@@ -7,6 +7,7 @@ pub mod consumers;
 pub mod error;
 pub mod load;
 pub mod locations;
+pub mod redis;
 pub mod route;
 pub mod spec;
 pub mod tls;

@@ -35,6 +35,12 @@ pub struct GatewaySpec {
     /// Named identities that authentication policies map credentials to.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub consumers: Vec<super::consumers::ConsumerSpec>,
+    /// The Redis connection shared by every Redis-backed feature (`store: redis`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<super::redis::RedisSpec>,
+    /// Plans: the limits a consumer's plan adds to `rate_limit` with `plans: true`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub plans: super::redis::Plans,
     /// Named clusters of endpoints.
     #[serde(default)]
     pub upstreams: BTreeMap<String, UpstreamSpec>,

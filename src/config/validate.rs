@@ -108,6 +108,10 @@ pub fn validate(spec: &GatewaySpec) -> Result<(), Problems> {
         check_upstream(&format!("upstreams.{name}"), name, up, &mut p);
     }
     check_timeouts("defaults.timeouts", &spec.defaults.timeouts, &mut p);
+    if let Some(r) = &spec.redis {
+        r.check("redis", &mut p);
+    }
+    check_plans(spec, &mut p);
     check_policies("defaults.policies", &spec.defaults.policies, &mut p);
     for (i, h) in spec.hosts.iter().enumerate() {
         check_policies(&format!("hosts[{i}].policies"), &h.policies, &mut p);
@@ -130,6 +134,37 @@ pub fn validate(spec: &GatewaySpec) -> Result<(), Problems> {
         Ok(())
     } else {
         Err(p)
+    }
+}
+
+/// Every plan's limits parse; a consumer's plan is one of them (when plans are given).
+fn check_plans(spec: &GatewaySpec, p: &mut Problems) {
+    for (name, plan) in &spec.plans {
+        for (i, text) in plan.limits.iter().enumerate() {
+            if let Err(e) = crate::policies::rate_limit::parse_limit(text) {
+                p.push(format!("plans.{name}.limits[{i}]"), e);
+            }
+        }
+        if plan.burst == Some(0) {
+            p.push(format!("plans.{name}.burst"), "must be at least 1");
+        }
+    }
+    if spec.plans.is_empty() {
+        return;
+    }
+    for (i, c) in spec.consumers.iter().enumerate() {
+        if let Some(plan) = &c.plan {
+            if !spec.plans.contains_key(plan) {
+                let known: Vec<&str> = spec.plans.keys().map(String::as_str).collect();
+                p.push(
+                    format!("consumers[{i}].plan"),
+                    format!(
+                        "no plan `{plan}` in `plans` (there are: {})",
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
     }
 }
 

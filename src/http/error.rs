@@ -63,6 +63,9 @@ pub enum GatewayError {
     RateLimited(Box<http::HeaderMap>),
     /// A `concurrency_limit` is full: 503.
     ConcurrencyLimited,
+    /// The shared rate-limit store failed and the policy says `on_store_failure: deny`:
+    /// 503 with `Retry-After`.
+    RateLimitStoreUnavailable,
     /// No endpoint of the upstream can take the request.
     NoEndpoint { upstream: String },
     /// Connecting to the upstream failed or timed out.
@@ -94,9 +97,10 @@ impl GatewayError {
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            Self::NoEndpoint { .. } | Self::AuthUnavailable | Self::ConcurrencyLimited => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::NoEndpoint { .. }
+            | Self::AuthUnavailable
+            | Self::ConcurrencyLimited
+            | Self::RateLimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamConnect { .. }
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -124,6 +128,7 @@ impl GatewayError {
             Self::InsufficientScope => "insufficient_scope",
             Self::RateLimited(_) => "rate_limited",
             Self::ConcurrencyLimited => "concurrency_limited",
+            Self::RateLimitStoreUnavailable => "rate_limit_store_unavailable",
             Self::NoEndpoint { .. } => "no_endpoint",
             Self::AuthUnavailable => "auth_unavailable",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
@@ -156,7 +161,8 @@ impl GatewayError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. }
-            | Self::AuthUnavailable => ErrorSide::Upstream,
+            | Self::AuthUnavailable
+            | Self::RateLimitStoreUnavailable => ErrorSide::Upstream,
             Self::Internal(_) | Self::ConcurrencyLimited => ErrorSide::Gateway,
         }
     }
@@ -186,6 +192,7 @@ impl GatewayError {
             Self::InsufficientScope => "the token lacks a required scope",
             Self::RateLimited(_) => "rate limit exceeded, retry later",
             Self::ConcurrencyLimited => "too many requests in progress, retry later",
+            Self::RateLimitStoreUnavailable => "rate limiting is unavailable, try again later",
             Self::NoEndpoint { .. } => "no upstream endpoint available",
             Self::AuthUnavailable => "authentication is unavailable, try again later",
             Self::UpstreamConnect { .. } => "could not connect to the upstream service",
@@ -231,6 +238,9 @@ impl GatewayError {
                 headers.insert(WWW_AUTHENTICATE, c);
             }
             Self::RateLimited(extra) => headers.extend(*extra),
+            Self::RateLimitStoreUnavailable => {
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             Self::InsufficientScope => {
                 headers.insert(
                     WWW_AUTHENTICATE,

@@ -162,6 +162,8 @@ mod tests {
             consumers: &consumers,
             base: None,
             files: &Default::default(),
+            plans: &Default::default(),
+            redis: None,
             route: "users",
             params,
         };

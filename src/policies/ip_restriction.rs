@@ -112,6 +112,8 @@ mod tests {
             consumers: &consumers,
             base: None,
             files: &Default::default(),
+            plans: &Default::default(),
+            redis: None,
         };
         let spec = IpRestrictionSpec {
             name: None,
@@ -153,6 +155,8 @@ mod tests {
             consumers: &consumers,
             base: None,
             files: &Default::default(),
+            plans: &Default::default(),
+            redis: None,
         };
         let spec = IpRestrictionSpec {
             name: None,

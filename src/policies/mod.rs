@@ -84,6 +84,10 @@ pub struct BuildCx<'a> {
     pub consumers: &'a std::sync::Arc<consumers::Consumers>,
     /// Files a policy read (key files): the snapshot reloads when one changes.
     pub files: &'a std::cell::RefCell<Vec<std::path::PathBuf>>,
+    /// The top-level `plans:`.
+    pub plans: &'a crate::config::redis::Plans,
+    /// The shared Redis connection, when `redis:` is configured.
+    pub redis: Option<&'a std::sync::Arc<crate::store::redis::RedisLink>>,
 }
 
 impl PolicySpec {
@@ -220,7 +224,11 @@ impl Policy {
             Self::Oauth2Introspection(p) => Box::pin(p.on_request(ctx, req)).await,
             Self::Auth(p) => Box::pin(p.on_request(ctx, req)).await,
             Self::RateLimit(p) => {
-                let wait = p.on_request(ctx, req)?;
+                let wait = if p.is_shared() {
+                    Box::pin(p.on_request_shared(ctx, req)).await?
+                } else {
+                    p.on_request(ctx, req)?
+                };
                 if !wait.is_zero() {
                     Box::pin(tokio::time::sleep(wait)).await;
                 }

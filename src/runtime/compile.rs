@@ -58,6 +58,13 @@ pub fn compile(
         env.metrics,
         &mut p,
     ));
+    // One connection per `redis:` block, found again by a reload that keeps it.
+    let redis = spec.redis.as_ref().map(|r| {
+        let id = format!("redis:{}", serde_json::to_string(r).unwrap_or_default());
+        crate::policies::state::shared(id, || {
+            crate::store::redis::RedisLink::new(r.clone(), base, env.metrics.clone())
+        })
+    });
     let settings = Arc::new(proxy_settings(spec));
     let mut builders: Vec<RouterBuilder<RouteBinding>> = spec
         .listeners
@@ -74,6 +81,7 @@ pub fn compile(
             spec,
             &clusters,
             &consumers,
+            redis.as_ref(),
             base,
             &key_files,
             &settings,
@@ -272,6 +280,7 @@ fn compile_route(
     spec: &GatewaySpec,
     clusters: &HashMap<String, Arc<Cluster>>,
     consumers: &Arc<Consumers>,
+    redis: Option<&Arc<crate::store::redis::RedisLink>>,
     base: Option<&std::path::Path>,
     key_files: &std::cell::RefCell<Vec<std::path::PathBuf>>,
     settings: &Arc<ProxySettings>,
@@ -322,6 +331,8 @@ fn compile_route(
                         base,
                         consumers,
                         files: key_files,
+                        plans: &spec.plans,
+                        redis,
                     };
                     // A policy that did not build is always a reported problem: a route
                     // must never run without one of its policies (an auth bypass).

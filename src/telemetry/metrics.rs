@@ -145,6 +145,8 @@ pub struct Metrics {
     pub http1_parse_errors: AtomicU64,
     /// Authenticated requests whose credential names no consumer.
     pub no_consumer: ConsumerStats,
+    /// The shared Redis connection.
+    pub redis: RedisStats,
     routes: Mutex<HashMap<RouteKey, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
     consumers: Mutex<HashMap<Arc<str>, Arc<ConsumerStats>>>,
@@ -152,6 +154,61 @@ pub struct Metrics {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counters of the shared Redis connection and of the decisions it could not make.
+#[derive(Default)]
+pub struct RedisStats {
+    /// Decisions not asked of Redis because its breaker was open.
+    pub failure_breaker_open: AtomicU64,
+    /// Decisions past `redis.timeout`.
+    pub failure_timeout: AtomicU64,
+    /// Decisions that failed to reach Redis (refused, reset, not connected).
+    pub failure_unreachable: AtomicU64,
+    /// Decisions Redis answered with an error (a wrong-type value at the key, ...).
+    pub failure_error: AtomicU64,
+    /// 1 while the breaker is open (Redis is not asked).
+    pub breaker_open: AtomicI64,
+    /// Times the breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// Calls made to Redis (scripts run), answered or not.
+    pub calls: AtomicU64,
+}
+
+impl RedisStats {
+    fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP turnpike_ratelimit_store_failures_total Rate-limit decisions the shared store (Redis) could not make, by reason; each followed on_store_failure.\n# TYPE turnpike_ratelimit_store_failures_total counter"
+        );
+        for (reason, v) in [
+            ("breaker_open", &self.failure_breaker_open),
+            ("timeout", &self.failure_timeout),
+            ("unreachable", &self.failure_unreachable),
+            ("error", &self.failure_error),
+        ] {
+            let _ = writeln!(
+                out,
+                "turnpike_ratelimit_store_failures_total{{reason=\"{reason}\"}} {}",
+                v.load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP turnpike_redis_breaker_open 1 while Redis is given up on (its breaker is open).\n# TYPE turnpike_redis_breaker_open gauge\nturnpike_redis_breaker_open {}",
+            self.breaker_open.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnpike_redis_breaker_opened_total Times the Redis breaker opened.\n# TYPE turnpike_redis_breaker_opened_total counter\nturnpike_redis_breaker_opened_total {}",
+            self.breaker_opened.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP turnpike_redis_calls_total Calls made to Redis (one per decision, one per lease with batching).\n# TYPE turnpike_redis_calls_total counter\nturnpike_redis_calls_total {}",
+            self.calls.load(Relaxed)
+        );
+    }
 }
 
 impl Metrics {
@@ -268,6 +325,7 @@ impl Metrics {
             }
             let _ = writeln!(out, "{name} {value}");
         }
+        self.redis.render(&mut out);
         super::process::render(&mut out);
         out
     }

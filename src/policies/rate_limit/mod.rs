@@ -2,20 +2,27 @@
 //! address, a header, a claim, ...), by GCRA ([`gcra`]), with several limits on one key
 //! decided together. Over a limit: 429 `rate_limited` with `Retry-After` and the
 //! `RateLimit`/`RateLimit-Policy` headers, and the request never reaches the upstream;
-//! `mode: delay` holds it instead, up to `max_delay`.
+//! `mode: delay` holds it instead, up to `max_delay`. With `plans: true`, the consumer's
+//! plan (top-level `plans:`) adds its limits to the route's.
 //!
-//! State lives in a registry keyed by the route (or `group`), the policy's place and its
-//! spec, so a reload that keeps the policy keeps its counters ([`super::state`]). The store
-//! is `local` ([`local`]); `store: redis` and `plans` are refused at load until the
-//! cluster-wide store lands.
+//! Stores: `local` ([`local`]), in this process; `redis` ([`shared`]), one atomic script
+//! per decision shared by every instance, optionally batched. When Redis fails (the
+//! link's deadline and breaker, [`crate::store::redis`]), `on_store_failure` decides:
+//! the same limits in this process (`local`), 503 (`deny`) or admit (`allow`).
+//!
+//! Local state lives in a registry keyed by the route (or `group`), the policy's place and
+//! its spec, so a reload that keeps the policy keeps its counters ([`super::state`]).
 
 pub mod gcra;
 pub mod local;
+mod shared;
 mod spec;
 
-pub use spec::{KeyPart, Mode, RateLimitSpec};
+pub use spec::{parse_limit, BatchSpec, KeyPart, Mode, OnStoreFailure, RateLimitSpec, Store};
 
+use std::collections::HashMap;
 use std::hash::Hasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -25,26 +32,72 @@ use super::BuildCx;
 use crate::config::Problems;
 use crate::http::{GatewayError, Request, Response};
 use crate::pipeline::RequestCtx;
+use crate::store::redis::{RedisLink, StoreError};
 use gcra::{Decision, Limit};
 use local::LocalStore;
 
-/// The built `rate_limit` policy.
+/// One list of limits decided together: the route's, or the route's plus a plan's.
 #[derive(Debug)]
-pub struct RateLimit {
+struct LimitSet {
     limits: Vec<Limit>,
     /// `RateLimit-Policy` names, one per limit (`"10/second"`).
     names: Vec<String>,
     policy_header: HeaderValue,
+    /// The Redis script's arguments for these limits.
+    args: Vec<Vec<u8>>,
+}
+
+impl LimitSet {
+    fn new(limits: Vec<Limit>, names: Vec<String>, at: &str, p: &mut Problems) -> Option<Self> {
+        let text = limits
+            .iter()
+            .zip(&names)
+            .map(|(l, n)| format!("\"{n}\";q={};w={}", l.count, l.period / 1_000_000_000))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let Ok(policy_header) = HeaderValue::from_str(&text) else {
+            p.push(at, "a limit is not valid header text");
+            return None;
+        };
+        Some(Self {
+            args: shared::args(&limits),
+            limits,
+            names,
+            policy_header,
+        })
+    }
+}
+
+/// The Redis side of a policy with `store: redis`.
+#[derive(Debug)]
+struct SharedStore {
+    link: Arc<RedisLink>,
+    /// `PREFIX rl:{NAMESPACE:` : the start of every key of this policy.
+    namespace: String,
+    leases: Option<shared::Leases>,
+    /// An error answer was logged (once per policy).
+    logged: AtomicBool,
+}
+
+/// The built `rate_limit` policy.
+#[derive(Debug)]
+pub struct RateLimit {
+    /// Index 0: the route's limits; then one per plan (route's + plan's), when
+    /// `plans: true`.
+    sets: Vec<LimitSet>,
+    plans: Option<HashMap<String, usize>>,
     key: Vec<KeyPart>,
     max_delay: u64,
     store: Arc<LocalStore>,
+    shared: Option<SharedStore>,
+    on_store_failure: OnStoreFailure,
     on_allowed: bool,
     legacy: bool,
 }
 
 /// What the response phase writes on an admitted request.
 #[derive(Clone, Copy)]
-struct Admitted(Decision);
+struct Admitted(Decision, usize);
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -60,114 +113,287 @@ fn now_ns() -> u64 {
     (tokio::time::Instant::now() - start).as_nanos() as u64 + 86_400_000_000_000
 }
 
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
 impl RateLimit {
-    /// Builds the policy; `slot` is its place on the route (for the registry).
+    /// Builds the policy at `path` of route `cx.route`.
     pub fn build(
         path: &str,
         spec: &RateLimitSpec,
         cx: &BuildCx<'_>,
         p: &mut Problems,
     ) -> Option<Self> {
-        let limits = spec::limits(path, spec, p);
-        if spec.plans {
-            p.push(
-                format!("{path}.plans"),
-                "plans are not available yet in this version (the rate_limit issue is in progress); remove `plans: true`",
-            );
-        }
-        if spec.store == spec::Store::Redis {
-            p.push(
-                format!("{path}.store"),
-                "the redis store is not available yet in this version; use `store: local`",
-            );
-        }
+        let limits = spec::compile(
+            &format!("{path}.limits"),
+            &spec.limits,
+            spec.burst,
+            &format!("{path}.burst"),
+            p,
+        );
         if spec.mode == Mode::Delay && spec.max_delay.0.is_zero() {
             p.push(
                 format!("{path}.max_delay"),
                 "`mode: delay` needs a max_delay above 0",
             );
         }
-        let names: Vec<String> = spec.limits.clone();
-        let policy_header = {
-            let text = limits
-                .iter()
-                .zip(&names)
-                .map(|(l, n)| format!("\"{n}\";q={};w={}", l.count, l.period / 1_000_000_000))
-                .collect::<Vec<_>>()
-                .join(", ");
-            match HeaderValue::from_str(&text) {
-                Ok(v) => v,
-                Err(_) => {
-                    p.push(format!("{path}.limits"), "a limit is not valid header text");
-                    return None;
+        let mut sets = vec![LimitSet::new(
+            limits.clone(),
+            spec.limits.clone(),
+            &format!("{path}.limits"),
+            p,
+        )?];
+        let plans = if spec.plans {
+            if cx.plans.is_empty() {
+                p.push(
+                    format!("{path}.plans"),
+                    "`plans: true` reads the top-level `plans:`, which is empty; define the plans (plans: {free: {limits: [\"100/day\"]}}) or remove `plans: true`",
+                );
+            }
+            let mut index = HashMap::new();
+            for (name, plan) in cx.plans {
+                let own = spec::compile(
+                    &format!("plans.{name}.limits"),
+                    &plan.limits,
+                    plan.burst,
+                    &format!("plans.{name}.burst"),
+                    &mut Problems::default(),
+                );
+                let mut all = limits.clone();
+                all.extend(own);
+                let mut names = spec.limits.clone();
+                names.extend(plan.limits.iter().cloned());
+                let set = LimitSet::new(all, names, &format!("plans.{name}.limits"), p)?;
+                index.insert(name.clone(), sets.len());
+                sets.push(set);
+            }
+            Some(index)
+        } else {
+            None
+        };
+        let shared = match spec.store {
+            spec::Store::Local => {
+                if spec.batch.is_some() {
+                    p.push(
+                        format!("{path}.batch"),
+                        "batching reserves tokens of the shared store; it needs `store: redis`",
+                    );
                 }
+                None
+            }
+            spec::Store::Redis => {
+                let Some(link) = cx.redis else {
+                    p.push(
+                        format!("{path}.store"),
+                        "`store: redis` needs the top-level `redis:` connection (redis: {url: \"redis://127.0.0.1:6379/0\"})",
+                    );
+                    return None;
+                };
+                let leases = match &spec.batch {
+                    None => None,
+                    Some(b) => {
+                        if b.tokens < 2 {
+                            p.push(
+                                format!("{path}.batch.tokens"),
+                                "at least 2 (1 is the same as no batching)",
+                            );
+                        }
+                        if b.interval.0.is_zero() {
+                            p.push(format!("{path}.batch.interval"), "must be above 0");
+                        }
+                        if spec.mode == Mode::Delay {
+                            p.push(
+                                format!("{path}.batch"),
+                                "batching admits from reserved tokens at once; it cannot be combined with `mode: delay`",
+                            );
+                        }
+                        Some(shared::Leases::new(
+                            b.tokens,
+                            b.interval.0.as_nanos() as u64,
+                            spec.max_keys,
+                        ))
+                    }
+                };
+                let ns = match &spec.group {
+                    Some(g) => format!("group:{g}"),
+                    None => format!("route:{}#{path}", cx.route),
+                };
+                Some(SharedStore {
+                    namespace: format!("{}rl:{{{ns}:", link.key_prefix()),
+                    link: Arc::clone(link),
+                    leases,
+                    logged: AtomicBool::new(false),
+                })
             }
         };
         let identity = match &spec.group {
             Some(g) => format!("rate_limit:group:{g}|{}", spec.identity()),
             None => format!("rate_limit:route:{}#{path}|{}", cx.route, spec.identity()),
         };
+        let plan_text = if spec.plans {
+            serde_json::to_string(cx.plans).unwrap_or_default()
+        } else {
+            String::new()
+        };
         Some(Self {
-            store: super::state::shared(identity, || LocalStore::new(spec.max_keys)),
-            limits,
-            names,
-            policy_header,
+            store: super::state::shared(format!("{identity}|{plan_text}"), || {
+                LocalStore::new(spec.max_keys)
+            }),
+            sets,
+            plans,
             key: spec.key.0.clone(),
             max_delay: match spec.mode {
                 Mode::Reject => 0,
                 Mode::Delay => spec.max_delay.0.as_nanos() as u64,
             },
+            shared,
+            on_store_failure: spec.on_store_failure,
             on_allowed: spec.headers.on_allowed,
             legacy: spec.headers.legacy,
         })
     }
 
-    /// The hash of this request's key: its parts, each tagged with its kind, written
-    /// straight into the store's hasher (nothing allocated).
-    fn key(&self, ctx: &RequestCtx, req: &Request) -> u64 {
+    /// Whether decisions go to Redis (the caller awaits [`RateLimit::on_request_shared`]).
+    pub fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// The limit set of this request: its consumer's plan's, else the route's.
+    fn set_of(&self, ctx: &RequestCtx) -> usize {
+        let Some(plans) = &self.plans else { return 0 };
+        ctx.identity
+            .as_ref()
+            .and_then(|i| i.consumer.as_ref())
+            .and_then(|c| c.plan.as_deref())
+            .and_then(|plan| plans.get(plan).copied())
+            .unwrap_or(0)
+    }
+
+    /// The hash of this request's key (and limit set): its parts, each tagged with its
+    /// kind, written straight into the store's hasher (nothing allocated).
+    fn key(&self, set: usize, ctx: &RequestCtx, req: &Request) -> u64 {
         let mut h = self.store.key_hasher();
+        h.write_usize(set);
         for part in &self.key {
             spec::key_part(part, ctx, req, &mut h);
         }
         h.finish()
     }
 
-    /// Admits or refuses the request; an admitted request must first wait the
-    /// returned time (`mode: delay`; zero otherwise).
+    /// Admits or refuses the request with the local store; an admitted request must
+    /// first wait the returned time (`mode: delay`; zero otherwise).
     pub fn on_request(
         &self,
         ctx: &mut RequestCtx,
         req: &mut Request,
     ) -> Result<Duration, GatewayError> {
-        if self.limits.is_empty() {
+        let set = self.set_of(ctx);
+        let limits = &self.sets[set].limits;
+        if limits.is_empty() {
             return Ok(Duration::ZERO);
         }
-        let key = self.key(ctx, req);
+        let key = self.key(set, ctx, req);
         let d = self
             .store
-            .decide_hashed(key, &self.limits, now_ns(), self.max_delay);
+            .decide_hashed(key, limits, now_ns(), self.max_delay);
+        self.finish(ctx, set, d)
+    }
+
+    /// Admits or refuses the request with the Redis store, following `on_store_failure`
+    /// when Redis does not answer.
+    pub async fn on_request_shared(
+        &self,
+        ctx: &mut RequestCtx,
+        req: &mut Request,
+    ) -> Result<Duration, GatewayError> {
+        let Some(shared) = &self.shared else {
+            return self.on_request(ctx, req);
+        };
+        let set = self.set_of(ctx);
+        let ls = &self.sets[set];
+        if ls.limits.is_empty() {
+            return Ok(Duration::ZERO);
+        }
+        let mut bytes = spec::KeyBytes::default();
+        for part in &self.key {
+            spec::key_part(part, ctx, req, &mut bytes);
+        }
+        let digest = crate::policies::consumers::sha256(&bytes.0);
+        let mut key = String::with_capacity(shared.namespace.len() + 33);
+        key.push_str(&shared.namespace);
+        key.push_str(&hex(&digest[..16]));
+        key.push('}');
+        let r = match &shared.leases {
+            Some(leases) => {
+                leases
+                    .decide(&shared.link, key.as_bytes(), &ls.args, now_ns())
+                    .await
+            }
+            None => shared::decide(&shared.link, key.as_bytes(), &ls.args, self.max_delay).await,
+        };
+        match r {
+            Ok(d) => self.finish(ctx, set, d),
+            Err(e) => {
+                if let StoreError::Answer(text) = &e {
+                    if !shared.logged.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(error = %text, "rate_limit: redis answered an error for a key (logged once per policy); this decision follows on_store_failure");
+                    }
+                }
+                match self.on_store_failure {
+                    OnStoreFailure::Local => {
+                        let mut h = self.store.key_hasher();
+                        h.write_usize(set);
+                        h.write(&bytes.0);
+                        let d = self.store.decide_hashed(
+                            h.finish(),
+                            &ls.limits,
+                            now_ns(),
+                            self.max_delay,
+                        );
+                        self.finish(ctx, set, d)
+                    }
+                    OnStoreFailure::Deny => Err(GatewayError::RateLimitStoreUnavailable),
+                    OnStoreFailure::Allow => Ok(Duration::ZERO),
+                }
+            }
+        }
+    }
+
+    fn finish(
+        &self,
+        ctx: &mut RequestCtx,
+        set: usize,
+        d: Decision,
+    ) -> Result<Duration, GatewayError> {
         if !d.allowed {
             let mut headers = http::HeaderMap::new();
             let secs = d.wait.div_ceil(1_000_000_000).max(1);
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
-            self.write_headers(&d, &mut headers);
+            self.write_headers(set, &d, &mut headers);
             return Err(GatewayError::RateLimited(Box::new(headers)));
         }
         if self.on_allowed {
-            ctx.extensions.insert(Admitted(d));
+            ctx.extensions.insert(Admitted(d, set));
         }
         Ok(Duration::from_nanos(d.wait))
     }
 
-    fn write_headers(&self, d: &Decision, h: &mut http::HeaderMap) {
-        let name = self.names.get(d.tightest).map_or("", String::as_str);
+    fn write_headers(&self, set: usize, d: &Decision, h: &mut http::HeaderMap) {
+        let ls = &self.sets[set];
+        let name = ls.names.get(d.tightest).map_or("", String::as_str);
         let reset = d.reset.div_ceil(1_000_000_000);
         if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={reset}", d.remaining)) {
             h.insert(RATELIMIT.clone(), v);
         }
-        h.insert(RATELIMIT_POLICY.clone(), self.policy_header.clone());
+        h.insert(RATELIMIT_POLICY.clone(), ls.policy_header.clone());
         if self.legacy {
-            if let Some(l) = self.limits.get(d.tightest) {
+            if let Some(l) = ls.limits.get(d.tightest) {
                 h.insert(X_LIMIT.clone(), HeaderValue::from(l.count));
             }
             h.insert(X_REMAINING.clone(), HeaderValue::from(d.remaining));
@@ -177,8 +403,8 @@ impl RateLimit {
 
     /// Writes the `RateLimit` headers on an admitted request's response.
     pub fn on_response(&self, ctx: &mut RequestCtx, resp: &mut Response) {
-        if let Some(Admitted(d)) = ctx.extensions.remove::<Admitted>() {
-            self.write_headers(&d, resp.headers_mut());
+        if let Some(Admitted(d, set)) = ctx.extensions.remove::<Admitted>() {
+            self.write_headers(set, &d, resp.headers_mut());
         }
     }
 }

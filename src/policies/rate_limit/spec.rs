@@ -1,6 +1,6 @@
 //! What a user writes for `type: rate_limit`, and how a request's key is read.
 
-use std::hash::{Hash, Hasher};
+use std::hash::Hasher;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -25,7 +25,7 @@ pub struct RateLimitSpec {
     /// What is limited: one part or a list of parts combined.
     #[serde(default)]
     pub key: KeySpec,
-    /// The consumer's plan adds its limits (not available yet).
+    /// The consumer's plan (`plans:` at the top) adds its limits.
     #[serde(default)]
     pub plans: bool,
     /// Where the counters live.
@@ -49,6 +49,25 @@ pub struct RateLimitSpec {
     /// The most keys held at once (memory bound of the local store).
     #[serde(default = "default_max_keys")]
     pub max_keys: usize,
+    /// With `store: redis`: take tokens from Redis a few at a time and spend them here,
+    /// so most requests need no round trip (see docs/policies/rate-limit.md for the bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
+}
+
+/// `batch:` of a Redis-backed `rate_limit`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Tokens reserved per key at once (at least 2).
+    pub tokens: u64,
+    /// How long a reservation is used before what is left goes back to Redis.
+    #[serde(default = "default_batch_interval")]
+    pub interval: Dur,
+}
+
+fn default_batch_interval() -> Dur {
+    Dur(std::time::Duration::from_millis(100))
 }
 
 impl RateLimitSpec {
@@ -226,7 +245,7 @@ impl Serialize for KeySpec {
 }
 
 /// Parses `N/second|minute|hour|day` (also `N/s`, `N/m`, `N/h`, `N/d`).
-pub(super) fn parse_limit(text: &str) -> Result<(u64, u64), String> {
+pub fn parse_limit(text: &str) -> Result<(u64, u64), String> {
     let (n, unit) = text.split_once('/').ok_or_else(|| {
         format!("`{text}` is not a limit: write N/second, N/minute, N/hour or N/day")
     })?;
@@ -250,28 +269,60 @@ pub(super) fn parse_limit(text: &str) -> Result<(u64, u64), String> {
     Ok((count, secs * 1_000_000_000))
 }
 
-/// The compiled limits; `burst` applies to the ones with the shortest period.
-pub(super) fn limits(path: &str, spec: &RateLimitSpec, p: &mut Problems) -> Vec<Limit> {
+/// Compiles `texts` (problems at `{path}[i]`); `burst` applies to the limits with the
+/// shortest period (problem at `burst_path`).
+pub(super) fn compile(
+    path: &str,
+    texts: &[String],
+    burst: Option<u64>,
+    burst_path: &str,
+    p: &mut Problems,
+) -> Vec<Limit> {
     let mut out = Vec::new();
-    for (i, text) in spec.limits.iter().enumerate() {
+    for (i, text) in texts.iter().enumerate() {
         match parse_limit(text) {
             Ok((count, period)) => out.push(Limit {
                 count,
                 period,
                 burst: count,
             }),
-            Err(e) => p.push(format!("{path}.limits[{i}]"), e),
+            Err(e) => p.push(format!("{path}[{i}]"), e),
         }
     }
-    if spec.burst == Some(0) {
-        p.push(format!("{path}.burst"), "must be at least 1");
+    if burst == Some(0) {
+        p.push(burst_path, "must be at least 1");
     }
-    if let (Some(burst), Some(shortest)) = (spec.burst, out.iter().map(|l| l.period).min()) {
+    if let (Some(burst), Some(shortest)) = (burst, out.iter().map(|l| l.period).min()) {
         for l in out.iter_mut().filter(|l| l.period == shortest) {
             l.burst = burst.max(1);
         }
     }
     out
+}
+
+/// The compiled limits of a policy; `burst` applies to the ones with the shortest period.
+#[cfg(test)]
+pub(super) fn limits(path: &str, spec: &RateLimitSpec, p: &mut Problems) -> Vec<Limit> {
+    compile(
+        &format!("{path}.limits"),
+        &spec.limits,
+        spec.burst,
+        &format!("{path}.burst"),
+        p,
+    )
+}
+
+/// Collects a key's bytes (for the shared store, which names the key by its digest).
+#[derive(Default)]
+pub(super) struct KeyBytes(pub Vec<u8>);
+
+impl Hasher for KeyBytes {
+    fn finish(&self) -> u64 {
+        0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
 }
 
 /// Writes one key part into `h`, tagged with its kind (and its length, so that parts
@@ -280,7 +331,7 @@ pub(super) fn key_part(part: &KeyPart, ctx: &RequestCtx, req: &Request, h: &mut 
     let id = ctx.identity.as_ref();
     let mut put = |tag: u8, bytes: &[u8]| {
         h.write_u8(tag);
-        h.write_usize(bytes.len());
+        h.write(&(bytes.len() as u64).to_le_bytes());
         h.write(bytes);
         true
     };
@@ -311,8 +362,17 @@ pub(super) fn key_part(part: &KeyPart, ctx: &RequestCtx, req: &Request, h: &mut 
         KeyPart::Claim(name) => claim(name).is_some_and(|v| put(b't', v.as_bytes())),
     };
     if !found {
-        h.write_u8(b'i');
-        ctx.client_ip.hash(h);
+        // Written as bytes, so that every instance names the same address alike.
+        match ctx.client_ip {
+            std::net::IpAddr::V4(a) => {
+                h.write_u8(b'4');
+                h.write(&a.octets());
+            }
+            std::net::IpAddr::V6(a) => {
+                h.write_u8(b'6');
+                h.write(&a.octets());
+            }
+        }
     }
 }
 
