@@ -20,6 +20,7 @@ mod jwt;
 mod proxy;
 mod rate_limit;
 mod redis_limit;
+mod redis_topologies;
 mod reload;
 mod routing;
 mod shutdown;

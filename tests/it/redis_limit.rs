@@ -17,7 +17,7 @@ use crate::support::*;
 
 const REDIS: &str = "127.0.0.1:6379";
 
-fn prefix(test: &str) -> String {
+pub(crate) fn prefix(test: &str) -> String {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -25,7 +25,7 @@ fn prefix(test: &str) -> String {
     format!("tp-it:{test}:{}:{nanos}:", std::process::id())
 }
 
-async fn redis_at(addr: &str) -> redis::aio::MultiplexedConnection {
+pub(crate) async fn redis_at(addr: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(format!("redis://{addr}/"))
         .unwrap()
         .get_multiplexed_async_connection()
@@ -33,7 +33,7 @@ async fn redis_at(addr: &str) -> redis::aio::MultiplexedConnection {
         .unwrap_or_else(|e| panic!("Redis at {addr} is needed (scripts/test starts it): {e}"))
 }
 
-async fn keys(addr: &str, prefix: &str) -> Vec<String> {
+pub(crate) async fn keys(addr: &str, prefix: &str) -> Vec<String> {
     let mut c = redis_at(addr).await;
     redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
@@ -346,27 +346,42 @@ async fn redis_down_at_start_deny_refuses_allow_admits() {
     );
 }
 
-struct PrivateRedis {
+/// A `redis-server` of a test's own (the machine's Redis is never stopped).
+pub(crate) struct PrivateRedis {
     child: std::process::Child,
-    port: u16,
+    pub(crate) port: u16,
 }
 
 impl PrivateRedis {
-    async fn start(port: u16) -> Self {
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+    pub(crate) async fn start(port: u16) -> Self {
+        Self::start_with(port, &[], &format!("redis://127.0.0.1:{port}/")).await
+    }
+
+    /// Starts `redis-server --port PORT ARGS...` and waits until `check` (a URL) answers
+    /// PING. With `--sentinel` in `args`, the first argument is its config file.
+    pub(crate) async fn start_with(port: u16, args: &[&str], check: &str) -> Self {
+        let mut cmd = std::process::Command::new("redis-server");
+        if args.first().is_some_and(|a| a.ends_with(".conf")) {
+            cmd.arg(args[0]);
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+            cmd.args(&args[1..]);
+        } else {
+            cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"]);
+            cmd.args(["--save", "", "--appendonly", "no"]);
+            cmd.args(args);
+        }
+        let child = cmd
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is needed (scripts/setup installs it)");
-        let addr = format!("127.0.0.1:{port}");
+        let url = check.to_string();
         eventually(
             Duration::from_secs(10),
             "the private redis to answer",
             || {
-                let addr = addr.clone();
+                let url = url.clone();
                 async move {
-                    let c = redis::Client::open(format!("redis://{addr}/")).ok()?;
+                    let c = redis::Client::open(url).ok()?;
                     let mut c = c.get_multiplexed_async_connection().await.ok()?;
                     redis::cmd("PING").query_async::<String>(&mut c).await.ok()
                 }
