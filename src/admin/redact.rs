@@ -42,6 +42,12 @@ fn walk(v: &mut Value, secrets: &[&str], sensitive_key: bool) {
         Value::String(s) if sensitive_key || secrets.iter().any(|x| s.contains(x)) => {
             *s = "[redacted]".into();
         }
+        // A password written in a URL (`redis://user:password@host`).
+        Value::String(s) => {
+            if let Some(hidden) = url_without_password(s) {
+                *s = hidden;
+            }
+        }
         // A list under a secret's name (`api_keys`) is a list of secrets.
         Value::Array(items) => items
             .iter_mut()
@@ -62,8 +68,30 @@ fn walk(v: &mut Value, secrets: &[&str], sensitive_key: bool) {
     }
 }
 
+/// `scheme://user:password@rest` as `scheme://user:[redacted]@rest`.
+fn url_without_password(s: &str) -> Option<String> {
+    let start = s.find("://")? + 3;
+    let at = start + s[start..].find('@')?;
+    let userinfo = &s[start..at];
+    if userinfo.contains('/') {
+        return None;
+    }
+    let colon = start + userinfo.find(':')?;
+    Some(format!("{}:[redacted]{}", &s[..colon], &s[at..]))
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passwords_in_urls_are_hidden() {
+        assert_eq!(
+            super::url_without_password("rediss://gw:s3cret@redis:6380/0").as_deref(),
+            Some("rediss://gw:[redacted]@redis:6380/0")
+        );
+        assert_eq!(super::url_without_password("redis://redis:6379/0"), None);
+        assert_eq!(super::url_without_password("https://a.example/x@y"), None);
+    }
+
     use super::*;
 
     #[test]
