@@ -13,6 +13,14 @@ the same run. Workloads:
   W2a W1 plus jwt HS256 (iss, aud, exp checked); W2b W1 plus api_key; both against
       turnpike plain and nginx plain in the same rounds (counts also W2a with the
       verified-token cache off: the cost of a first sight of a token)
+  W2  (w2rl) W1 plus jwt HS256 plus a rate_limit checked on every request and never
+      exhausted: turnpike with the local store, the Redis store, and the Redis store
+      batched, against turnpike plain and nginx plain, and HAProxy (jwt_verify +
+      stick-table) and Envoy (jwt_authn + local_ratelimit) when installed; Redis's own
+      CPU per request is reported apart
+  W3  a rate limit exceeded, nearly every request 429: turnpike local and Redis stores,
+      HAProxy (stick-table) and Envoy (local_ratelimit), against turnpike and nginx
+      proxying (200)
   W4  memory: RSS at start (quickstart config), bytes per idle keep-alive connection
       (5000 connections after one request each), peak RSS at 1000 active connections
   counts  (--counts) user-space instructions per request (callgrind) and system calls
@@ -38,7 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
-PORTS = {"upstream": 19100, "nginx": 19200, "turnpike": 19300, "admin": 19301}
+PORTS = {"upstream": 19100, "nginx": 19200, "turnpike": 19300, "admin": 19301,
+         "haproxy": 19400, "envoy": 19500}
 PROXY_CORE, LOAD_CORE = "0", "1"
 CERT, KEY = ROOT / "examples" / "tls" / "server.pem", ROOT / "examples" / "tls" / "server.key"
 
@@ -60,12 +69,43 @@ VARIANTS = {
     "turnpike-w2a": (ROOT / "bench" / "turnpike-w2a.yaml", f"Authorization: Bearer {JWT}"),
     "turnpike-w2b": (ROOT / "bench" / "turnpike-w2b.yaml", f"x-api-key: {API_KEY}"),
     "turnpike-w2a-nocache": (ROOT / "bench" / "turnpike-w2a-nocache.yaml", f"Authorization: Bearer {JWT}"),
+    "turnpike-w2": (ROOT / "bench" / "turnpike-w2.yaml", f"Authorization: Bearer {JWT}"),
+    "turnpike-w2-redis": (ROOT / "bench" / "turnpike-w2-redis.yaml", f"Authorization: Bearer {JWT}"),
+    "turnpike-w2-redis-batch": (ROOT / "bench" / "turnpike-w2-redis-batch.yaml", f"Authorization: Bearer {JWT}"),
+    "turnpike-w3": (ROOT / "bench" / "turnpike-w3.yaml", None),
+    "turnpike-w3-redis": (ROOT / "bench" / "turnpike-w3-redis.yaml", None),
+}
+# Other proxies with a policy: config template, and the header each request carries.
+PEERS = {
+    "haproxy-w2": (ROOT / "bench" / "haproxy-w2.cfg", f"Authorization: Bearer {JWT}"),
+    "haproxy-w3": (ROOT / "bench" / "haproxy-w3.cfg", None),
+    "envoy-w2": (ROOT / "bench" / "envoy-w2.yaml", f"Authorization: Bearer {JWT}"),
+    "envoy-w3": (ROOT / "bench" / "envoy-w3.yaml", None),
 }
 
 
+def header_of(name):
+    return (VARIANTS.get(name) or PEERS.get(name) or (None, None))[1]
+
+
+def refuses(name):
+    """Variants that answer (nearly) every request with 429."""
+    return name.endswith("-w3") or "-w3-" in name
+
+
+def redis_pid():
+    """The machine's Redis (its CPU is counted apart for the Redis-store variants)."""
+    try:
+        out = subprocess.run(["redis-cli", "-p", "6379", "info", "server"], capture_output=True, text=True, timeout=5).stdout
+        m = re.search(r"process_id:(\d+)", out)
+        return int(m.group(1)) if m else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def port_of(name):
-    """Every turnpike variant listens on turnpike's port (one runs at a time)."""
-    return PORTS["turnpike" if name.startswith("turnpike") else name]
+    """Every variant of a proxy listens on that proxy's port (one runs at a time)."""
+    return PORTS[name.split("-")[0]]
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -157,9 +197,24 @@ class Proxies:
         default = "turnpike-w1-tls.yaml" if self.tls else "turnpike-w1.yaml"
         return [str(RELEASE / "turnpike"), "run", "-c", str(config or ROOT / "bench" / default)]
 
+    def peer_cmd(self, name):
+        import base64
+        conf = PEERS[name][0].read_text()
+        k = base64.urlsafe_b64encode(JWT_SECRET.encode()).rstrip(b"=").decode()
+        conf = (conf.replace("BENCH_UPSTREAM_PORT", str(PORTS["upstream"])).replace("BENCH_PROXY_PORT", str(port_of(name)))
+                .replace("BENCH_JWT_SECRET", JWT_SECRET).replace("BENCH_JWT_K", k))
+        path = self.tmp / PEERS[name][0].name
+        path.write_text(conf)
+        if name.startswith("haproxy"):
+            return ["haproxy", "-db", "-f", str(path)]
+        return ["envoy", "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error",
+                "--base-id", str(os.getpid() % 1000)]
+
     def start(self, name, wrapper=()):
         if name == "nginx":
             p = spawn(list(wrapper) + self.nginx_cmd(), PROXY_CORE)
+        elif name in PEERS:
+            p = spawn(list(wrapper) + self.peer_cmd(name), PROXY_CORE)
         else:
             config = VARIANTS.get(name, (None, None))[0]
             p = spawn(list(wrapper) + self.turnpike_cmd(config), PROXY_CORE, env=self.turnpike_env())
@@ -189,13 +244,15 @@ def run_wrk(port, seconds, connections=50, path="/", scheme="http", header=None)
     return requests, errors, non2xx, rps, out
 
 
-def measure(target_pid, upstream_pid, port, seconds, warmup, scheme="http", header=None):
+def measure(target_pid, upstream_pid, port, seconds, warmup, scheme="http", header=None, extra_pid=None):
     run_wrk(port, warmup, scheme=scheme, header=header)
+    extra_before = cpu_ticks(extra_pid) if extra_pid else 0
     before = (cpu_ticks(target_pid), cpu_ticks(upstream_pid), system_ticks())
     usage_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     requests, errors, non2xx, rps, out = run_wrk(port, seconds, scheme=scheme, header=header)
     usage_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     after = (cpu_ticks(target_pid), cpu_ticks(upstream_pid), system_ticks())
+    extra_s = ((cpu_ticks(extra_pid) - extra_before) / TICKS) if extra_pid else 0.0
     proxy_s = (after[0] - before[0]) / TICKS
     upstream_s = (after[1] - before[1]) / TICKS
     wrk_s = (usage_after.ru_utime - usage_before.ru_utime) + (usage_after.ru_stime - usage_before.ru_stime)
@@ -203,14 +260,31 @@ def measure(target_pid, upstream_pid, port, seconds, warmup, scheme="http", head
     steal = (after[2][1] - before[2][1]) / TICKS
     total = (after[2][2] - before[2][2]) / TICKS
     same = target_pid == upstream_pid
-    ours = proxy_s + wrk_s + (0 if same else upstream_s)
+    ours = proxy_s + wrk_s + (0 if same else upstream_s) + extra_s
     return {
         "requests": requests, "errors": errors, "non2xx": non2xx, "rps": rps,
         "cpu_us_per_req": proxy_s * 1e6 / max(requests, 1),
+        "extra_us_per_req": extra_s * 1e6 / max(requests, 1),
         "foreign_pct": max(0.0, busy - ours) * 100 / max(total, 1e-9),
         "steal_pct": steal * 100 / max(total, 1e-9),
         "load_core_pct": (wrk_s + (0 if same else upstream_s)) * 100 / seconds,
     }
+
+
+def check_refusal(port, header=None):
+    """A W3 variant answers 429 (after the one request its limit admits)."""
+    for _ in range(3):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/")
+        if header:
+            k, v = header.split(": ", 1)
+            req.add_header(k, v)
+        try:
+            urllib.request.urlopen(req, timeout=5).read()
+        except urllib.error.HTTPError as e:
+            if e.code == 429:
+                return
+            raise SystemExit(f"unexpected status {e.code} from port {port}")
+    raise SystemExit(f"port {port} did not refuse")
 
 
 def check_guard(port, scheme="http", header=None):
@@ -314,6 +388,62 @@ def w2(args, proxies):
     return out
 
 
+def installed(name):
+    return not (name.startswith("haproxy") and not shutil_which("haproxy")) and \
+        not (name.startswith("envoy") and not shutil_which("envoy"))
+
+
+def compare(args, proxies, names, label):
+    """Measures `names` in every round, in turn, against the same upstream; ratios to
+    turnpike plain and nginx plain of the same round."""
+    names = [n for n in names if installed(n)]
+    upstream = proxies.start_upstream()
+    rpid = redis_pid()
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        for name in names:
+            header = header_of(name)
+            proc = proxies.start(name)
+            if refuses(name):
+                check_refusal(port_of(name), header)
+            else:
+                check_guard(port_of(name), header=header)
+            row[name] = measure(proc.pid, upstream.pid, port_of(name), args.duration, args.warmup, header=header,
+                                extra_pid=rpid if "redis" in name else None)
+            stop(proc)
+            proxies.procs.pop(name, None)
+        reasons = [f"{n} foreign {m['foreign_pct']:.1f}%" for n, m in row.items() if m["foreign_pct"] > 5]
+        reasons += [f"{n} {m['errors']} socket errors" for n, m in row.items() if m["errors"]]
+        reasons += [f"{n} {m['non2xx']} non-2xx" for n, m in row.items() if m["non2xx"] and not refuses(n)]
+        reasons += [f"{n} only {m['non2xx']} of {m['requests']} refused" for n, m in row.items()
+                    if refuses(n) and m["non2xx"] < 0.99 * m["requests"]]
+        row["kept"] = not reasons
+        row["discarded_because"] = reasons
+        log(f"{label} round {r + 1}: " + ", ".join(f"{n} {row[n]['cpu_us_per_req']:.2f}us" for n in names)
+            + ("" if row["kept"] else f"  [discarded: {'; '.join(reasons)}]"))
+        rounds.append(row)
+    proxies.stop_all()
+    kept = [r for r in rounds if r["kept"]] or rounds
+    med = lambda f: statistics.median(f(r) for r in kept)
+    out = {"rounds": rounds, "kept": len(kept), "names": names,
+           "cpu_us_per_req": {n: med(lambda r, n=n: r[n]["cpu_us_per_req"]) for n in names},
+           "redis_us_per_req": {n: med(lambda r, n=n: r[n]["extra_us_per_req"]) for n in names if "redis" in n},
+           "rps": {n: med(lambda r, n=n: r[n]["rps"]) for n in names}}
+    out["over_turnpike"] = {n: med(lambda r, n=n: r[n]["cpu_us_per_req"] / r["turnpike"]["cpu_us_per_req"]) for n in names}
+    out["over_nginx"] = {n: med(lambda r, n=n: r[n]["cpu_us_per_req"] / r["nginx"]["cpu_us_per_req"]) for n in names}
+    return out
+
+
+def w2rl(args, proxies):
+    return compare(args, proxies, ["nginx", "turnpike", "turnpike-w2", "turnpike-w2-redis", "turnpike-w2-redis-batch",
+                                   "haproxy-w2", "envoy-w2"], "W2")
+
+
+def w3(args, proxies):
+    return compare(args, proxies, ["nginx", "turnpike", "turnpike-w3", "turnpike-w3-redis", "haproxy-w3", "envoy-w3"], "W3")
+
+
 def hold_idle_connections(port, n):
     socks = []
     req = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
@@ -414,7 +544,10 @@ def counts(args, proxies):
     upstream = proxies.start_upstream()
     out = {}
     n, warm = args.count_requests, 2000
-    names = ["nginx", "turnpike"] + (["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"] if "w2" in args.workloads.split(",") else [])
+    wanted = args.workloads.split(",")
+    names = ["nginx", "turnpike"] + (["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"] if "w2" in wanted else []) \
+        + (["turnpike-w2", "turnpike-w2-redis", "turnpike-w2-redis-batch"] if "w2rl" in wanted else []) \
+        + (["turnpike-w3", "turnpike-w3-redis"] if "w3" in wanted else [])
     for name in names:
         header = VARIANTS.get(name, (None, None))[1]
         cg = Path(tempfile.mkdtemp()) / "callgrind.out"
@@ -451,7 +584,8 @@ def counts(args, proxies):
         log(f"counts {name}: {total / n:.0f} instructions, {calls / n:.2f} syscalls per request")
     stop(upstream)
     proxies.procs.clear()
-    for v in ["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"]:
+    for v in ["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2", "turnpike-w2-redis",
+              "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis"]:
         if v in out:
             out[f"{v}_added_instructions"] = out[v]["instructions_per_req"] - out["turnpike"]["instructions_per_req"]
     out["instructions_ratio"] = out["turnpike"]["instructions_per_req"] / out["nginx"]["instructions_per_req"]
@@ -503,6 +637,19 @@ def report(results):
         for v, label in [("turnpike-w2a", "turnpike + jwt (W2a)"), ("turnpike-w2b", "turnpike + api_key (W2b)")]:
             lines.append(f"| {label} | {c[v]:.2f} | {w[v + '_over_turnpike']:.2f} | {w[v + '_over_nginx']:.2f} |")
         lines.append("")
+    for key, title in [("w2rl", "W2: W1 plus jwt HS256 plus rate_limit (checked on every request, never exhausted)"),
+                       ("w3", "W3: a rate limit exceeded, nearly every request refused with 429")]:
+        if key not in results:
+            continue
+        w = results[key]
+        lines += [f"## {title}", f"Rounds kept: {w['kept']} of {len(w['rounds'])}.", "",
+                  "| target | CPU µs/request (median) | requests/s | / turnpike plain | / nginx plain | Redis CPU µs/request |",
+                  "|---|---|---|---|---|---|"]
+        for n in w["names"]:
+            redis = w["redis_us_per_req"].get(n)
+            lines.append(f"| {n} | {w['cpu_us_per_req'][n]:.2f} | {w['rps'][n]:.0f} | {w['over_turnpike'][n]:.2f} | "
+                         f"{w['over_nginx'][n]:.2f} | {'' if redis is None else f'{redis:.2f}'} |")
+        lines.append("")
     if "w4" in results:
         m = results["w4"]
         lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",
@@ -512,7 +659,8 @@ def report(results):
     if "counts" in results:
         c = results["counts"]
         lines += ["## Noise-free counts (fixed request count)", "| | instructions/request | syscalls/request |", "|---|---|---|"]
-        for n in ["nginx", "turnpike", "turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"]:
+        for n in ["nginx", "turnpike", "turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2",
+                  "turnpike-w2-redis", "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis"]:
             if n in c:
                 lines.append(f"| {n} | {c[n]['instructions_per_req']:.0f} | {c[n]['syscalls_per_req']:.2f} |")
         lines += ["", f"Ratios turnpike / nginx: instructions {c['instructions_ratio']:.2f}, syscalls {c['syscalls_ratio']:.2f}.", ""]
@@ -525,7 +673,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w2, w1tls, latency, w4 (empty for none)")
+    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w2, w2rl, w3, w1tls, latency, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
     ap.add_argument("--latency-rounds", type=int, default=3)
@@ -542,6 +690,10 @@ def main():
                 results["w1"] = w1(args, proxies)
             if "w2" in wanted:
                 results["w2"] = w2(args, proxies)
+            if "w2rl" in wanted:
+                results["w2rl"] = w2rl(args, proxies)
+            if "w3" in wanted:
+                results["w3"] = w3(args, proxies)
             if "w1tls" in wanted:
                 results["w1tls"] = w1(args, proxies, tls=True)
             if "latency" in wanted:

@@ -320,22 +320,31 @@ impl RateLimit {
         if ls.limits.is_empty() {
             return Ok(Duration::ZERO);
         }
-        let mut bytes = spec::KeyBytes::default();
-        for part in &self.key {
-            spec::key_part(part, ctx, req, &mut bytes);
-        }
-        let digest = crate::policies::consumers::sha256(&bytes.0);
-        let mut key = String::with_capacity(shared.namespace.len() + 33);
-        key.push_str(&shared.namespace);
-        key.push_str(&hex(&digest[..16]));
-        key.push('}');
+        // The local hash finds a lease (and the fallback counters); the Redis key, a
+        // digest of the key's bytes, is made only when Redis is asked.
+        let local = self.key(set, ctx, req);
+        let redis_key = || {
+            let mut bytes = spec::KeyBytes::default();
+            for part in &self.key {
+                spec::key_part(part, ctx, req, &mut bytes);
+            }
+            let digest = crate::policies::consumers::sha256(&bytes.0);
+            let mut key = String::with_capacity(shared.namespace.len() + 33);
+            key.push_str(&shared.namespace);
+            key.push_str(&hex(&digest[..16]));
+            key.push('}');
+            key
+        };
         let r = match &shared.leases {
             Some(leases) => {
                 leases
-                    .decide(&shared.link, key.as_bytes(), &ls.args, now_ns())
+                    .decide(&shared.link, local, redis_key, &ls.args, now_ns())
                     .await
             }
-            None => shared::decide(&shared.link, key.as_bytes(), &ls.args, self.max_delay).await,
+            None => {
+                let key = redis_key();
+                shared::decide(&shared.link, key.as_bytes(), &ls.args, self.max_delay).await
+            }
         };
         match r {
             Ok(d) => self.finish(ctx, set, d),
@@ -347,15 +356,9 @@ impl RateLimit {
                 }
                 match self.on_store_failure {
                     OnStoreFailure::Local => {
-                        let mut h = self.store.key_hasher();
-                        h.write_usize(set);
-                        h.write(&bytes.0);
-                        let d = self.store.decide_hashed(
-                            h.finish(),
-                            &ls.limits,
-                            now_ns(),
-                            self.max_delay,
-                        );
+                        let d =
+                            self.store
+                                .decide_hashed(local, &ls.limits, now_ns(), self.max_delay);
                         self.finish(ctx, set, d)
                     }
                     OnStoreFailure::Deny => Err(GatewayError::RateLimitStoreUnavailable),

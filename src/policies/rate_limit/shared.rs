@@ -194,7 +194,7 @@ struct Lease {
 
 const SHARDS: usize = 16;
 
-type Shard = Mutex<HashMap<Box<[u8]>, Lease>>;
+type Shard = Mutex<HashMap<u64, Lease>>;
 
 /// The leases of one batching policy, by key.
 #[derive(Debug)]
@@ -215,15 +215,14 @@ impl Leases {
         }
     }
 
-    fn shard(&self, key: &[u8]) -> &Shard {
-        let i = key.last().copied().unwrap_or(0) as usize % SHARDS;
-        &self.shards[i]
+    fn shard(&self, key: u64) -> &Shard {
+        &self.shards[(key as usize) % SHARDS]
     }
 
     /// Admits from a live lease of `key`, or says what a new lease must give back.
-    fn spend(&self, key: &[u8], now: u64) -> Result<Decision, u64> {
+    fn spend(&self, key: u64, now: u64) -> Result<Decision, u64> {
         let mut map = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        match map.get_mut(key) {
+        match map.get_mut(&key) {
             Some(l) if now < l.until && l.left > 0 => {
                 l.left -= 1;
                 Ok(Decision {
@@ -243,23 +242,23 @@ impl Leases {
             }),
             Some(l) if now >= l.until => {
                 let back = l.left;
-                map.remove(key);
+                map.remove(&key);
                 Err(back)
             }
             _ => Err(0),
         }
     }
 
-    fn keep(&self, key: &[u8], now: u64, left: u64, d: &Decision) {
+    fn keep(&self, key: u64, now: u64, left: u64, d: &Decision) {
         let mut map = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-        if map.len() >= self.per_shard && !map.contains_key(key) {
+        if map.len() >= self.per_shard && !map.contains_key(&key) {
             // What an evicted lease held is spent (an error towards refusing only).
             map.retain(|_, l| now < l.until && l.left > 0);
             if map.len() >= self.per_shard {
                 return;
             }
         }
-        let l = map.entry(key.into()).or_insert(Lease {
+        let l = map.entry(key).or_insert(Lease {
             refused: false,
             left: 0,
             until: now + self.interval,
@@ -275,11 +274,13 @@ impl Leases {
         l.tightest = d.tightest;
     }
 
-    /// Decides one request of `key` at `now`: from its lease, or from a new one.
+    /// Decides one request at `now` of the key whose local hash is `key`: from its
+    /// lease, or from a new one taken at the Redis key `redis_key()` (made only then).
     pub(super) async fn decide(
         &self,
         link: &Arc<RedisLink>,
-        key: &[u8],
+        key: u64,
+        redis_key: impl FnOnce() -> String,
         args: &[Vec<u8>],
         now: u64,
     ) -> Result<Decision, StoreError> {
@@ -287,7 +288,8 @@ impl Leases {
             Ok(d) => return Ok(d),
             Err(back) => back,
         };
-        let (granted, mut d) = match lease(link, key, args, self.tokens, back).await {
+        let rk = redis_key();
+        let (granted, mut d) = match lease(link, rk.as_bytes(), args, self.tokens, back).await {
             Ok(r) => r,
             Err(e) => {
                 if back > 0 {
@@ -313,9 +315,9 @@ impl Leases {
             // most one interval), without asking Redis again.
             let until = now + d.wait.clamp(1, self.interval);
             let mut map = self.shard(key).lock().unwrap_or_else(|e| e.into_inner());
-            if map.len() < self.per_shard || map.contains_key(key) {
+            if map.len() < self.per_shard || map.contains_key(&key) {
                 map.insert(
-                    key.into(),
+                    key,
                     Lease {
                         refused: true,
                         left: 0,
