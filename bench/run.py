@@ -74,6 +74,7 @@ VARIANTS = {
     "turnpike-w2-redis-batch": (ROOT / "bench" / "turnpike-w2-redis-batch.yaml", f"Authorization: Bearer {JWT}"),
     "turnpike-w3": (ROOT / "bench" / "turnpike-w3.yaml", None),
     "turnpike-w3-redis": (ROOT / "bench" / "turnpike-w3-redis.yaml", None),
+    "turnpike-w3-redis-batch": (ROOT / "bench" / "turnpike-w3-redis-batch.yaml", None),
 }
 # Other proxies with a policy: config template, and the header each request carries.
 PEERS = {
@@ -441,7 +442,8 @@ def w2rl(args, proxies):
 
 
 def w3(args, proxies):
-    return compare(args, proxies, ["nginx", "turnpike", "turnpike-w3", "turnpike-w3-redis", "haproxy-w3", "envoy-w3"], "W3")
+    return compare(args, proxies, ["nginx", "turnpike", "turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch",
+                                   "haproxy-w3", "envoy-w3"], "W3")
 
 
 def hold_idle_connections(port, n):
@@ -547,7 +549,7 @@ def counts(args, proxies):
     wanted = args.workloads.split(",")
     names = ["nginx", "turnpike"] + (["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"] if "w2" in wanted else []) \
         + (["turnpike-w2", "turnpike-w2-redis", "turnpike-w2-redis-batch"] if "w2rl" in wanted else []) \
-        + (["turnpike-w3", "turnpike-w3-redis"] if "w3" in wanted else [])
+        + (["turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch"] if "w3" in wanted else [])
     for name in names:
         header = VARIANTS.get(name, (None, None))[1]
         cg = Path(tempfile.mkdtemp()) / "callgrind.out"
@@ -585,7 +587,7 @@ def counts(args, proxies):
     stop(upstream)
     proxies.procs.clear()
     for v in ["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2", "turnpike-w2-redis",
-              "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis"]:
+              "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch"]:
         if v in out:
             out[f"{v}_added_instructions"] = out[v]["instructions_per_req"] - out["turnpike"]["instructions_per_req"]
     out["instructions_ratio"] = out["turnpike"]["instructions_per_req"] / out["nginx"]["instructions_per_req"]
@@ -660,7 +662,8 @@ def report(results):
         c = results["counts"]
         lines += ["## Noise-free counts (fixed request count)", "| | instructions/request | syscalls/request |", "|---|---|---|"]
         for n in ["nginx", "turnpike", "turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2",
-                  "turnpike-w2-redis", "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis"]:
+                  "turnpike-w2-redis", "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis",
+                  "turnpike-w3-redis-batch"]:
             if n in c:
                 lines.append(f"| {n} | {c[n]['instructions_per_req']:.0f} | {c[n]['syscalls_per_req']:.2f} |")
         lines += ["", f"Ratios turnpike / nginx: instructions {c['instructions_ratio']:.2f}, syscalls {c['syscalls_ratio']:.2f}.", ""]
