@@ -11,6 +11,7 @@ pub mod admin;
 pub mod config;
 pub mod explain;
 pub mod gateway;
+pub mod h1;
 pub mod http;
 pub mod pipeline;
 pub mod policies;
