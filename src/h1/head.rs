@@ -1,6 +1,6 @@
 //! Heads: an upstream response parsed and framed, a request encoded.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
@@ -252,8 +252,8 @@ pub fn request_framing(method: &Method, exact: Option<u64>, had_length: bool) ->
 
 /// A zero-copy view of the bytes left after a head, for tests.
 #[cfg(test)]
-fn rest(buf: &BytesMut) -> Bytes {
-    Bytes::copy_from_slice(buf)
+fn rest(buf: &BytesMut) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(buf)
 }
 
 #[cfg(test)]
@@ -370,7 +370,7 @@ mod tests {
         let mut buf =
             BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: b\r\n\r\nok"[..]);
         let h = parse_response(&mut buf, &Method::GET).unwrap().unwrap();
-        assert_eq!(rest(&buf), Bytes::from_static(b"ok"));
+        assert_eq!(rest(&buf), bytes::Bytes::from_static(b"ok"));
         assert_eq!(h.headers["x-a"], "b");
         assert_eq!(h.status, StatusCode::OK);
     }

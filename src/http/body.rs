@@ -19,6 +19,7 @@ use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
 use tokio::time::{Instant, Sleep};
 
+use crate::upstream::h1::ResponseBody;
 use crate::upstream::Lease;
 
 /// The error a body stream ends with. Carried as the boxed error hyper wants.
@@ -29,7 +30,7 @@ pub enum BodyError {
     /// The body grew past its limit.
     TooLarge { limit: u64 },
     /// The stream broke: connection reset, bad chunk framing, and so on.
-    Broken { side: Side, cause: hyper::Error },
+    Broken { side: Side, cause: BoxError },
     /// Any other error from a boxed body.
     Other(Box<dyn std::error::Error + Send + Sync>),
 }
@@ -85,14 +86,24 @@ impl Body {
 
     /// Streams `inner` from `side`, failing when no frame arrives within `idle`.
     pub fn stream(inner: Incoming, side: Side, idle: Duration) -> Self {
-        Self::Stream(Box::new(StreamBody::new(inner, side, idle)))
+        Self::Stream(Box::new(StreamBody::new(Source::Hyper(inner), side, idle)))
     }
 
     /// Like [`Body::stream`], holding `lease` until the stream ends: completed when it
     /// ends cleanly (the connection goes back to its pool), dropped otherwise. A stream
     /// that has already ended completes the lease now and gives an empty body.
     pub fn stream_with_lease(inner: Incoming, side: Side, idle: Duration, lease: Lease) -> Self {
-        if http_body::Body::is_end_stream(&inner) {
+        Self::leased(Source::Hyper(inner), side, idle, lease)
+    }
+
+    /// An upstream response body of turnpike's own HTTP/1.1 client, holding `lease`
+    /// (its in-flight count) until it ends; the body gives its connection back itself.
+    pub fn upstream_h1(inner: ResponseBody, idle: Duration, lease: Lease) -> Self {
+        Self::leased(Source::Own(inner), Side::Upstream, idle, lease)
+    }
+
+    fn leased(inner: Source, side: Side, idle: Duration, lease: Lease) -> Self {
+        if inner.is_end_stream() {
             lease.complete();
             return Self::Empty;
         }
@@ -144,10 +155,45 @@ fn filter_client_trailers(
     }
 }
 
-/// A body streamed from a peer: hyper's `Incoming` plus an idle timer, optional byte
-/// counter and optional end-of-stream hook.
+/// Where a streamed body's bytes come from.
+enum Source {
+    /// hyper's server (client bodies) or client (HTTP/2 and TLS upstreams).
+    Hyper(Incoming),
+    /// turnpike's own HTTP/1.1 client.
+    Own(ResponseBody),
+}
+
+impl Source {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Self::Hyper(i) => Pin::new(i)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            Self::Own(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Hyper(i) => i.is_end_stream(),
+            Self::Own(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Hyper(i) => i.size_hint(),
+            Self::Own(b) => b.size_hint(),
+        }
+    }
+}
+
+/// A body streamed from a peer: hyper's `Incoming` or our client's body, plus an idle
+/// timer, optional byte counter and optional end-of-stream hook.
 pub struct StreamBody {
-    inner: Incoming,
+    inner: Source,
     side: Side,
     idle: Duration,
     timer: Option<Pin<Box<Sleep>>>,
@@ -159,7 +205,7 @@ pub struct StreamBody {
 }
 
 impl StreamBody {
-    fn new(inner: Incoming, side: Side, idle: Duration) -> Self {
+    fn new(inner: Source, side: Side, idle: Duration) -> Self {
         Self {
             inner,
             side,
@@ -228,7 +274,7 @@ impl StreamBody {
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.inner).poll_frame(cx) {
+        match self.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
                 let len = frame.data_ref().map_or(0, |d| d.len());
                 if let Some(trailers) = frame.trailers_mut() {

@@ -26,7 +26,7 @@ use crate::router::rewrite::Rewrite;
 use crate::telemetry::metrics::RouteStats;
 use crate::upstream::balancer::PickInput;
 use crate::upstream::hash::{hash64, request_key};
-use crate::upstream::pool::SendError;
+use crate::upstream::pool::{SendError, Sent};
 use crate::upstream::{Cluster, Lease};
 
 /// Settings shared by every forward of a snapshot.
@@ -182,14 +182,14 @@ impl Forward {
             if upgrade {
                 Box::pin(pool.send_upgrade(req, to.timeouts.connect))
                     .await
-                    .map(|r| (r, None))
+                    .map(|r| Sent::Hyper(r, None))
             } else {
                 pool.send(req, to.timeouts.connect).await
             }
         })
         .await;
         ctx.upstream_time = Some(started.elapsed());
-        let (mut resp, checkin) = match sent {
+        let sent = match sent {
             Err(_) => {
                 cluster
                     .stats
@@ -201,6 +201,18 @@ impl Forward {
             }
             Ok(Err(e)) => return Err(self.send_error(cluster, e)),
             Ok(Ok(r)) => r,
+        };
+        let (mut resp, checkin) = match sent {
+            Sent::Own(mut parts, body) => {
+                hop::strip_response(&mut parts.headers);
+                let lease = Lease {
+                    in_flight,
+                    checkin: None,
+                };
+                let body = Body::upstream_h1(body, to.timeouts.idle, lease);
+                return Ok(http::Response::from_parts(parts, body));
+            }
+            Sent::Hyper(resp, checkin) => (resp, checkin),
         };
 
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -280,16 +292,22 @@ impl Forward {
         let e = match e {
             SendError::Connect(cause) => return GatewayError::UpstreamConnect { upstream, cause },
             SendError::Exchange(e) => e,
+            SendError::RequestBody(e) => {
+                return match e.downcast_ref::<BodyError>() {
+                    Some(b) => request_body_error(b),
+                    None => GatewayError::BadRequest("request body could not be read"),
+                }
+            }
+            SendError::Protocol(cause) => {
+                return GatewayError::UpstreamProtocol { upstream, cause }
+            }
+            SendError::Reset(cause) => {
+                cluster.stats.resets.fetch_add(1, Relaxed);
+                return GatewayError::UpstreamReset { upstream, cause };
+            }
         };
         if let Some(body) = find_body_error(&e) {
-            return match body {
-                BodyError::Idle {
-                    side: Side::Downstream,
-                    ..
-                } => GatewayError::RequestTimeout,
-                BodyError::TooLarge { .. } => GatewayError::PayloadTooLarge,
-                _ => GatewayError::BadRequest("request body could not be read"),
-            };
+            return request_body_error(body);
         }
         if e.is_parse() || e.is_parse_status() || e.is_parse_too_large() {
             return GatewayError::UpstreamProtocol {
@@ -302,6 +320,17 @@ impl Forward {
             upstream,
             cause: e.to_string(),
         }
+    }
+}
+
+fn request_body_error(body: &BodyError) -> GatewayError {
+    match body {
+        BodyError::Idle {
+            side: Side::Downstream,
+            ..
+        } => GatewayError::RequestTimeout,
+        BodyError::TooLarge { .. } => GatewayError::PayloadTooLarge,
+        _ => GatewayError::BadRequest("request body could not be read"),
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod balancer;
 pub mod dns;
+pub mod h1;
 pub mod hash;
 pub mod pool;
 

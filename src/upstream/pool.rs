@@ -31,6 +31,21 @@ pub enum SendError {
     Connect(String),
     /// The connection failed during the exchange, before a complete response head.
     Exchange(hyper::Error),
+    /// The client's request body failed while it was sent (own HTTP/1.1 client).
+    RequestBody(Box<dyn std::error::Error + Send + Sync>),
+    /// The upstream's answer is invalid or ambiguous (own HTTP/1.1 client).
+    Protocol(String),
+    /// The connection failed before a complete response head (own HTTP/1.1 client).
+    Reset(String),
+}
+
+/// A response head from an endpoint, with its body still on the connection.
+pub enum Sent {
+    /// From hyper's client (HTTP/2, TLS upstreams, upgrades); the hook gives an
+    /// HTTP/1.1 connection back once the body was read.
+    Hyper(http::Response<Incoming>, Option<Checkin>),
+    /// From turnpike's own HTTP/1.1 client: the body gives its connection back itself.
+    Own(http::response::Parts, super::h1::ResponseBody),
 }
 
 /// Pool settings.
@@ -60,11 +75,17 @@ struct Idle {
     since: Instant,
 }
 
+struct IdleConn {
+    conn: super::h1::Conn,
+    since: Instant,
+}
+
 /// The connections to one endpoint.
 pub struct Pool {
     addr: SocketAddr,
     config: PoolConfig,
     idle: Mutex<VecDeque<Idle>>,
+    idle_own: Mutex<VecDeque<IdleConn>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
     stats: Arc<UpstreamStats>,
 }
@@ -91,6 +112,7 @@ impl Pool {
             addr,
             config,
             idle: Mutex::new(VecDeque::new()),
+            idle_own: Mutex::new(VecDeque::new()),
             h2: tokio::sync::Mutex::new(None),
             stats,
         })
@@ -98,23 +120,95 @@ impl Pool {
 
     /// Idle HTTP/1.1 connections held now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |v| v.len())
+        self.idle.lock().map_or(0, |v| v.len()) + self.idle_own.lock().map_or(0, |v| v.len())
     }
 
-    /// Sends `req`; on success also returns the hook that gives the connection back once
-    /// the response body has been read (HTTP/1.1 only).
+    /// Sends `req`: plain HTTP/1.1 on turnpike's own client, TLS and HTTP/2 on hyper's.
     pub async fn send(
         self: &Arc<Self>,
         req: http::Request<Body>,
         connect_timeout: Duration,
-    ) -> Result<(http::Response<Incoming>, Option<Checkin>), SendError> {
+    ) -> Result<Sent, SendError> {
         match self.config.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(req, connect_timeout).await,
+            UpstreamProtocol::Http1 if self.config.tls.is_none() => {
+                self.send_own(req, connect_timeout).await
+            }
+            UpstreamProtocol::Http1 => Box::pin(self.send_h1(req, connect_timeout))
+                .await
+                .map(|(r, c)| Sent::Hyper(r, c)),
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                 Box::pin(self.send_h2(req, connect_timeout))
                     .await
-                    .map(|r| (r, None))
+                    .map(|r| Sent::Hyper(r, None))
             }
+        }
+    }
+
+    async fn send_own(
+        self: &Arc<Self>,
+        req: http::Request<Body>,
+        connect_timeout: Duration,
+    ) -> Result<Sent, SendError> {
+        use super::h1::{exchange, replayable, Conn, ExchangeError};
+        let (parts, mut body) = req.into_parts();
+        let mut first_try = true;
+        loop {
+            let idle = if first_try { self.take_own() } else { None };
+            let (conn, reused) = match idle {
+                Some(c) => (c, true),
+                None => (
+                    Conn::new(Box::pin(self.connect_tcp(connect_timeout)).await?),
+                    false,
+                ),
+            };
+            match exchange(conn, &parts, &mut body, Arc::downgrade(self)).await {
+                Ok((head, body)) => return Ok(Sent::Own(head, body)),
+                // A pooled connection the upstream had closed: once more on a new one,
+                // when nothing was written or the request can be sent again.
+                Err(ExchangeError::Closed { unsent, .. })
+                    if reused && (unsent || replayable(&parts.method, &body)) =>
+                {
+                    self.stats.stale_retries.fetch_add(1, Relaxed);
+                    first_try = false;
+                }
+                Err(ExchangeError::Closed { cause, .. } | ExchangeError::Reset(cause)) => {
+                    return Err(SendError::Reset(cause))
+                }
+                Err(ExchangeError::Protocol(cause)) => return Err(SendError::Protocol(cause)),
+                Err(ExchangeError::RequestBody(e)) => return Err(SendError::RequestBody(e)),
+            }
+        }
+    }
+
+    /// The most recent idle connection that is still open and not too old; a pooled
+    /// connection found closed counts as a stale one.
+    fn take_own(&self) -> Option<super::h1::Conn> {
+        loop {
+            let entry = self.idle_own.lock().ok()?.pop_back()?;
+            if entry.since.elapsed() > self.config.idle_timeout {
+                continue;
+            }
+            if entry.conn.is_usable() {
+                return Some(entry.conn);
+            }
+            self.stats.stale_retries.fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Takes back a connection whose exchange ended cleanly.
+    pub(super) fn put_h1(&self, conn: super::h1::Conn) {
+        let now = Instant::now();
+        let Ok(mut idle) = self.idle_own.lock() else {
+            return;
+        };
+        if idle
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) > self.config.idle_timeout)
+        {
+            idle.pop_front();
+        }
+        if idle.len() < self.config.max_idle {
+            idle.push_back(IdleConn { conn, since: now });
         }
     }
 
