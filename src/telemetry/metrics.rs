@@ -95,8 +95,8 @@ pub struct UpstreamStats {
     pub resets: AtomicU64,
     /// Connections opened.
     pub connections_opened: AtomicU64,
-    /// Requests sent again on a new connection because the pooled one they were given
-    /// had closed before any byte of them was written.
+    /// Pooled connections found closed when taken, and requests sent again on a new
+    /// connection because the pooled one closed before answering.
     pub stale_retries: AtomicU64,
 }
 
@@ -423,7 +423,7 @@ impl Metrics {
             ),
             (
                 "turnpike_upstream_stale_retries_total",
-                "Requests sent again on a new connection because their pooled one had closed unwritten.",
+                "Pooled connections found closed when taken, and requests sent again on a new connection after their pooled one closed before answering.",
                 |s| s.stale_retries.load(Relaxed),
             ),
         ];

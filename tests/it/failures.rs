@@ -348,3 +348,264 @@ async fn a_stalled_request_body_is_408_at_the_idle_timeout() {
     assert!(head.contains("request_timeout"), "{head}");
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+const OPENED: &str = "turnpike_upstream_connections_opened_total{upstream=\"svc\"}";
+
+/// A raw upstream that answers every request on a connection with `answer(n)`, where
+/// `n` counts requests over all connections.
+async fn scripted_upstream(
+    answer: impl Fn(usize) -> Vec<u8> + Send + Sync + 'static,
+) -> std::net::SocketAddr {
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answer = std::sync::Arc::new(answer);
+    raw_upstream(move |mut s| {
+        let count = count.clone();
+        let answer = answer.clone();
+        async move {
+            loop {
+                let mut buf = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if s.write_all(&answer(n)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_keep_alive_upstream_serves_many_requests_on_one_connection() {
+    let addr =
+        scripted_upstream(|_| b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()).await;
+    let gw = gateway(&one_route(addr, "", "")).await;
+    for i in 0..20 {
+        let r = get(&format!("{}/{i}", url(&gw, "public")), &[]).await;
+        assert_eq!((r.status.as_u16(), &r.body[..]), (200, &b"ok"[..]));
+    }
+    assert_eq!(metric_value(&gw, OPENED), Some(1));
+}
+
+#[tokio::test]
+async fn ambiguous_upstream_responses_are_502_and_their_connection_is_discarded() {
+    // Each bad answer follows a good one on the same connection: the good one proves
+    // the connection was reused up to then, the next request proves it was not after.
+    let cases: [&[u8]; 8] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 204 No Content\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Bad : 1\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Fold: a\r\n b\r\n\r\nok",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n",
+    ];
+    for (i, bad) in cases.iter().enumerate() {
+        let bad = bad.to_vec();
+        let addr = scripted_upstream(move |n| {
+            if n == 1 {
+                bad.clone()
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+            }
+        })
+        .await;
+        let gw = gateway(&one_route(addr, "", "")).await;
+        let base = url(&gw, "public");
+        assert_eq!(get(&format!("{base}/a"), &[]).await.status, 200, "case {i}");
+        let r = get(&format!("{base}/b"), &[]).await;
+        assert_eq!(r.status, 502, "case {i}: {:?}", r.body);
+        assert_eq!(r.error_code(), "upstream_protocol_error", "case {i}");
+        assert_eq!(get(&format!("{base}/c"), &[]).await.status, 200, "case {i}");
+        assert_eq!(
+            metric_value(&gw, OPENED),
+            Some(2),
+            "case {i}: connection reused"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broken_chunk_ends_the_response_short_and_the_connection() {
+    let addr = scripted_upstream(|n| {
+        if n == 0 {
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\nbad\r\n0\r\n\r\n".to_vec()
+        } else {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec()
+        }
+    })
+    .await;
+    let gw = gateway(&one_route(addr, "", "")).await;
+    let out = raw(
+        gw.listener_addr("public").unwrap(),
+        b"GET / HTTP/1.1\r\nHost: t\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    // The client sees the connection end: at most the head and the good chunk, never a
+    // last chunk that would make the body look complete.
+    assert!(out.is_empty() || out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        !out.contains("0\r\n\r\n"),
+        "the broken body must not look complete: {out:?}"
+    );
+    assert!(
+        !out.contains("bad"),
+        "bytes after the bad chunk line were forwarded"
+    );
+    assert_eq!(
+        get(&format!("{}/x", url(&gw, "public")), &[]).await.status,
+        200
+    );
+    assert_eq!(metric_value(&gw, OPENED), Some(2));
+}
+
+#[tokio::test]
+async fn bytes_after_the_response_and_close_delimited_bodies_are_not_reused() {
+    let addr = scripted_upstream(|n| match n {
+        0 => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA".to_vec(),
+        _ => b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+    })
+    .await;
+    let gw = gateway(&one_route(addr, "", "")).await;
+    let base = url(&gw, "public");
+    let first = get(&format!("{base}/a"), &[]).await;
+    assert_eq!(
+        &first.body[..],
+        b"ok",
+        "bytes past the length were forwarded"
+    );
+    let second = get(&format!("{base}/b"), &[]).await;
+    assert_eq!(
+        &second.body[..],
+        b"ok",
+        "the extra bytes were read as a response"
+    );
+    assert_eq!(metric_value(&gw, OPENED), Some(2));
+    // A body delimited by the close: complete for the client, never reused.
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\nuntil-close").await;
+    })
+    .await;
+    let gw = gateway(&one_route(addr, "", "")).await;
+    let r = get(&format!("{}/x", url(&gw, "public")), &[]).await;
+    assert_eq!(&r.body[..], b"until-close");
+    let r = get(&format!("{}/y", url(&gw, "public")), &[]).await;
+    assert_eq!(&r.body[..], b"until-close");
+    assert_eq!(metric_value(&gw, OPENED), Some(2));
+}
+
+#[tokio::test]
+async fn a_timed_out_exchange_never_leaves_its_late_answer_for_the_next_request() {
+    // The first answer comes after the request timeout; on a reused connection it would
+    // be taken as the answer to the second request.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent_late = std::sync::Arc::new(tokio::sync::Notify::new());
+    let sent = sent_late.clone();
+    let addr = raw_upstream(move |mut s| {
+        let count = count.clone();
+        let sent = sent.clone();
+        async move {
+            for _ in 0..4 {
+                read_head(&mut s).await;
+                if count.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(Duration::from_millis(600)).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nlate")
+                        .await;
+                    sent.notify_one();
+                } else {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+                        .await;
+                }
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&one_route(addr, "", "timeouts: {request: 300ms}")).await;
+    let base = url(&gw, "public");
+    assert_eq!(get(&format!("{base}/a"), &[]).await.status, 504);
+    // Once the late answer is on the wire, a reused connection would hold it.
+    tokio::time::timeout(Duration::from_secs(5), sent_late.notified())
+        .await
+        .expect("the late answer was never sent");
+    let r = get(&format!("{base}/b"), &[]).await;
+    assert_eq!(&r.body[..], b"fresh");
+    assert_eq!(metric_value(&gw, OPENED), Some(2));
+}
+
+#[tokio::test]
+async fn a_client_gone_mid_body_takes_the_upstream_connection_with_it() {
+    let addr = raw_upstream(|mut s| async move {
+        loop {
+            read_head(&mut s).await;
+            let big = vec![b'x'; 256 * 1024];
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", big.len());
+            if s.write_all(head.as_bytes()).await.is_err() || s.write_all(&big).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let gw = gateway(&one_route(addr, "", "")).await;
+    {
+        let mut c = tokio::net::TcpStream::connect(gw.listener_addr("public").unwrap())
+            .await
+            .unwrap();
+        c.write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = c.read(&mut buf).await.unwrap();
+    } // gone after the first bytes
+    let r = get(&format!("{}/x", url(&gw, "public")), &[]).await;
+    assert_eq!(r.body.len(), 256 * 1024);
+    assert_eq!(
+        metric_value(&gw, OPENED),
+        Some(2),
+        "a half-read connection was reused"
+    );
+}
+
+#[tokio::test]
+async fn an_answer_before_the_request_body_was_sent_is_502() {
+    let addr = raw_upstream(|mut s| async move {
+        read_head(&mut s).await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    })
+    .await;
+    let gw = gateway(&one_route(addr, "", "")).await;
+    let mut c = tokio::net::TcpStream::connect(gw.listener_addr("public").unwrap())
+        .await
+        .unwrap();
+    c.write_all(b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\nfirst-part")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&out).contains("\r\n\r\n") {
+        let n = tokio::time::timeout_at(deadline, c.read(&mut buf))
+            .await
+            .expect("no answer")
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+}
