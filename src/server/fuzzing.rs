@@ -117,6 +117,79 @@ pub fn http1_head(data: &[u8]) {
     }
 }
 
+/// An upstream response, as turnpike's own HTTP/1.1 client reads it: the head parsed
+/// and framed (for a GET and for a HEAD), then a chunked body decoded. Differential
+/// oracles: a head turnpike accepts ends exactly where httparse says it ends, carries
+/// no `Content-Length` beside `Transfer-Encoding` and no two different lengths; a chunked
+/// body decodes to the same bytes and the same verdict whether it arrives at once or a
+/// byte at a time.
+pub fn h1_response(data: &[u8]) {
+    use crate::h1::{parse_response, ChunkedDecoder, Decoded, Framing};
+    for method in [http::Method::GET, http::Method::HEAD] {
+        let mut buf = bytes::BytesMut::from(data);
+        let Ok(Some(head)) = parse_response(&mut buf, &method) else {
+            continue;
+        };
+        let used = data.len() - buf.len();
+        let mut fields = [httparse::EMPTY_HEADER; 128];
+        let mut reference = httparse::Response::new(&mut fields);
+        match reference.parse(data) {
+            Ok(httparse::Status::Complete(n)) => assert_eq!(n, used, "head boundary differs"),
+            other => panic!("accepted a head httparse does not: {other:?}"),
+        }
+        let lengths: Vec<&[u8]> = reference
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .map(|h| h.value)
+            .collect();
+        let te = reference
+            .headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+        assert!(!te || lengths.is_empty(), "accepted CL with TE");
+        // Every length given, as numbers ("00" is 0): all one value.
+        let numbers: Vec<u128> = lengths
+            .iter()
+            .flat_map(|l| l.split(|b| *b == b','))
+            .filter_map(|p| std::str::from_utf8(p.trim_ascii()).ok()?.parse().ok())
+            .collect();
+        assert!(
+            numbers.windows(2).all(|w| w[0] == w[1]),
+            "accepted two different lengths: {numbers:?}"
+        );
+        if head.framing == Framing::Chunked {
+            let rest = buf.to_vec();
+            let run = |step: usize| -> (Vec<u8>, bool) {
+                let mut d = ChunkedDecoder::new();
+                let mut b = bytes::BytesMut::new();
+                let (mut out, mut fed) = (Vec::new(), 0);
+                loop {
+                    match d.decode(&mut b) {
+                        Ok(Decoded::Data(x)) => out.extend_from_slice(&x),
+                        Ok(Decoded::End(_)) => return (out, true),
+                        Ok(Decoded::NeedMore) if fed < rest.len() => {
+                            let end = (fed + step).min(rest.len());
+                            b.extend_from_slice(&rest[fed..end]);
+                            fed = end;
+                        }
+                        Ok(Decoded::NeedMore) | Err(_) => return (out, false),
+                    }
+                }
+            };
+            let (whole, whole_ok) = run(rest.len().max(1));
+            let (split, split_ok) = run(1);
+            assert_eq!(
+                whole_ok, split_ok,
+                "verdict depends on how the bytes arrive"
+            );
+            if whole_ok {
+                assert_eq!(whole, split, "body depends on how the bytes arrive");
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

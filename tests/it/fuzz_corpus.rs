@@ -38,3 +38,8 @@ fn normalize_path_corpus() {
 fn http1_head_corpus() {
     replay("http1_head", turnpike::server::fuzzing::http1_head);
 }
+
+#[test]
+fn h1_response_corpus() {
+    replay("h1_response", turnpike::server::fuzzing::h1_response);
+}
