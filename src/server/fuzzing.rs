@@ -78,6 +78,7 @@ fn settings() -> &'static (ListenerSettings, ProxySettings) {
 /// normalized as the gateway does before routing. When accepted: one Host, a valid
 /// authority, a canonical path, and no header the listener's rules refuse.
 pub fn http1_head(data: &[u8]) {
+    h1_request(data);
     let mut headers = [httparse::EMPTY_HEADER; 128];
     let mut req = httparse::Request::new(&mut headers);
     let Ok(httparse::Status::Complete(_)) = req.parse(data) else {
@@ -114,6 +115,56 @@ pub fn http1_head(data: &[u8]) {
     );
     if parts.uri.path() != "*" {
         assert_canonical(parts.uri.path(), &listener.path_rules);
+    }
+}
+
+/// The same head through turnpike's own request parser (`h1::parse_request`), against
+/// httparse: what it accepts, httparse accepts with the same length; its framing never
+/// comes from both `Content-Length` and `Transfer-Encoding`, nor from two lengths, and a
+/// length it frames is the one sent; no fragment survives in the target.
+fn h1_request(data: &[u8]) {
+    use crate::h1::{parse_request, RequestFraming};
+    let mut buf = bytes::BytesMut::from(data);
+    let Ok(Some(head)) = parse_request(&mut buf, 64 * 1024, 8 * 1024) else {
+        return;
+    };
+    let used = data.len() - buf.len();
+    let mut fields = [httparse::EMPTY_HEADER; 128];
+    let mut reference = httparse::Request::new(&mut fields);
+    match reference.parse(data) {
+        Ok(httparse::Status::Complete(n)) => assert_eq!(n, used, "head boundary differs"),
+        other => panic!("accepted a head httparse does not: {other:?}"),
+    }
+    assert!(!head.target.contains('#'), "fragment accepted");
+    let named = |n: &str| -> Vec<&[u8]> {
+        reference
+            .headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case(n))
+            .map(|h| h.value)
+            .collect()
+    };
+    let lengths = named("content-length");
+    let te = named("transfer-encoding");
+    assert!(te.is_empty() || lengths.is_empty(), "accepted CL with TE");
+    assert!(te.len() <= 1, "accepted two TE lines");
+    let numbers: Vec<u64> = lengths
+        .iter()
+        .filter_map(|l| std::str::from_utf8(l.trim_ascii()).ok()?.parse().ok())
+        .collect();
+    assert_eq!(
+        numbers.len(),
+        lengths.len(),
+        "accepted a length that is not a number"
+    );
+    assert!(
+        numbers.windows(2).all(|w| w[0] == w[1]),
+        "two lengths accepted"
+    );
+    match head.framing {
+        RequestFraming::Length(n) => assert_eq!(Some(&n), numbers.first()),
+        RequestFraming::Chunked => assert_eq!(te.len(), 1),
+        RequestFraming::None => assert!(te.is_empty() && numbers.iter().all(|n| *n == 0)),
     }
 }
 
