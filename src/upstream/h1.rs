@@ -10,8 +10,9 @@
 //!
 //! Never reused: a connection after a protocol error, a timeout, a broken or unfinished
 //! body (the body is dropped with it), a close-delimited or `Connection: close` response,
-//! an HTTP/1.0 response, or bytes beyond the response. An upstream that answers before
-//! the request body was sent is answered with 502 (an ambiguous exchange: catalogue G84).
+//! an HTTP/1.0 response, bytes beyond the response, or an answer that came before the
+//! request body was sent (that answer is forwarded and the rest of the body is not sent:
+//! catalogue item 85).
 
 use std::io;
 use std::pin::Pin;
@@ -115,9 +116,10 @@ pub async fn exchange(
         });
     }
     conn.wbuf = wbuf;
-    if streaming {
-        send_body(&mut conn, body, framing).await?;
-    }
+    // An upstream may answer before it read the whole body (a 413, a 401): the answer
+    // is forwarded, the rest of the body is not sent, and the connection is not reused
+    // (catalogue item 85).
+    let early = streaming && send_body(&mut conn, body, framing).await? == Sent::Early;
     let method = &parts.method;
     loop {
         match h1::parse_response(&mut conn.buf, method) {
@@ -130,6 +132,10 @@ pub async fn exchange(
                         ));
                     }
                     continue;
+                }
+                let mut head = head;
+                if early {
+                    head.keep_alive = false;
                 }
                 return Ok(into_response(conn, head, pool));
             }
@@ -184,13 +190,21 @@ fn into_response(
     (parts, body)
 }
 
-/// Writes a streamed request body, watching the connection: an answer before the body
-/// was sent is refused.
+/// How sending a request body ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Sent {
+    /// Every byte was sent.
+    Whole,
+    /// The upstream began to answer first; its bytes are in the read buffer.
+    Early,
+}
+
+/// Writes a streamed request body, watching the connection for an early answer.
 async fn send_body(
     conn: &mut Conn,
     body: &mut Body,
     framing: RequestFraming,
-) -> Result<(), ExchangeError> {
+) -> Result<Sent, ExchangeError> {
     let mut sent: u64 = 0;
     let broken = |e: io::Error| ExchangeError::Reset(format!("writing the request body: {e}"));
     loop {
@@ -198,10 +212,12 @@ async fn send_body(
             biased;
             ready = conn.io.readable() => {
                 let _ = ready;
-                let mut probe = [0u8; 1];
-                match conn.io.try_read(&mut probe) {
+                if conn.buf.capacity() - conn.buf.len() < 1024 {
+                    conn.buf.reserve(READ_CHUNK);
+                }
+                match conn.io.try_read_buf(&mut conn.buf) {
                     Ok(0) => return Err(ExchangeError::Reset("closed while the request body was sent".into())),
-                    Ok(_) => return Err(ExchangeError::Protocol("a response before the request body was sent".into())),
+                    Ok(_) => return Ok(Sent::Early),
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                     Err(e) => return Err(broken(e)),
                 }
@@ -241,7 +257,7 @@ async fn send_body(
                         write_fields(&trailers, &mut out);
                         out.extend_from_slice(b"\r\n");
                         conn.io.write_all(&out).await.map_err(broken)?;
-                        return Ok(());
+                        return Ok(Sent::Whole);
                     }
                 }
             },
@@ -256,7 +272,7 @@ async fn send_body(
         }
         _ => {}
     }
-    Ok(())
+    Ok(Sent::Whole)
 }
 
 async fn write_parts(io: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {

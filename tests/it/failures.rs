@@ -577,13 +577,21 @@ async fn a_client_gone_mid_body_takes_the_upstream_connection_with_it() {
 }
 
 #[tokio::test]
-async fn an_answer_before_the_request_body_was_sent_is_502() {
+async fn an_early_answer_is_forwarded_the_body_stops_and_the_connection_is_not_reused() {
+    // Catalogue item 85: the upstream refuses (413) after the head, while the client is
+    // still sending the body.
     let addr = raw_upstream(|mut s| async move {
         read_head(&mut s).await;
         let _ = s
-            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\n\r\nno")
             .await;
-        tokio::time::sleep(Duration::from_secs(5)).await;
+        // Keep reading whatever comes, as a real server would before closing.
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                return;
+            }
+        }
     })
     .await;
     let gw = gateway(&one_route(addr, "", "")).await;
@@ -596,10 +604,10 @@ async fn an_answer_before_the_request_body_was_sent_is_502() {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&out).contains("\r\n\r\n") {
+    while !String::from_utf8_lossy(&out).ends_with("no") {
         let n = tokio::time::timeout_at(deadline, c.read(&mut buf))
             .await
-            .expect("no answer")
+            .expect("the early answer was not forwarded")
             .unwrap();
         if n == 0 {
             break;
@@ -607,5 +615,10 @@ async fn an_answer_before_the_request_body_was_sent_is_502() {
         out.extend_from_slice(&buf[..n]);
     }
     let text = String::from_utf8_lossy(&out);
-    assert!(text.starts_with("HTTP/1.1 502"), "{text}");
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.ends_with("\r\n\r\nno"), "{text}");
+    // The upstream connection that was cut short is not reused.
+    let r = get(&format!("{}/next", url(&gw, "public")), &[]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(metric_value(&gw, OPENED), Some(2));
 }
