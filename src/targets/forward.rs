@@ -182,7 +182,7 @@ impl Forward {
             if upgrade {
                 Box::pin(pool.send_upgrade(req, to.timeouts.connect))
                     .await
-                    .map(|r| Sent::Hyper(r, None))
+                    .map(Sent::Hyper)
             } else {
                 pool.send(req, to.timeouts.connect).await
             }
@@ -202,17 +202,14 @@ impl Forward {
             Ok(Err(e)) => return Err(self.send_error(cluster, e)),
             Ok(Ok(r)) => r,
         };
-        let (mut resp, checkin) = match sent {
+        let mut resp = match sent {
             Sent::Own(mut parts, body) => {
                 hop::strip_response(&mut parts.headers);
-                let lease = Lease {
-                    in_flight,
-                    checkin: None,
-                };
+                let lease = Lease { in_flight };
                 let body = Body::upstream_h1(body, to.timeouts.idle, lease);
                 return Ok(http::Response::from_parts(parts, body));
             }
-            Sent::Hyper(resp, checkin) => (resp, checkin),
+            Sent::Hyper(resp) => resp,
         };
 
         if upgrade && resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -226,7 +223,7 @@ impl Forward {
         }
         let (mut parts, body) = resp.into_parts();
         hop::strip_response(&mut parts.headers);
-        let lease = Lease { in_flight, checkin };
+        let lease = Lease { in_flight };
         let body = Body::stream_with_lease(body, Side::Upstream, to.timeouts.idle, lease);
         Ok(http::Response::from_parts(parts, body))
     }

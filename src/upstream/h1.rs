@@ -1,4 +1,5 @@
-//! The HTTP/1.1 client on turnpike's own codec ([`crate::h1`]), for plain-TCP upstreams.
+//! The HTTP/1.1 client on turnpike's own codec ([`crate::h1`]), for HTTP/1.1 upstreams,
+//! plain or over TLS.
 //!
 //! One exchange runs in the request's own task: the head is encoded into the
 //! connection's reused buffer and written with the first body bytes, the body follows,
@@ -34,9 +35,85 @@ const READ_CHUNK: usize = 8 * 1024;
 /// Full bodies up to this size are written with the head, in one write.
 const COALESCE: usize = 16 * 1024;
 
+/// A connection's transport: plain TCP or TLS.
+pub enum Io {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Io {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// Reads what is there without waiting: `Ok(None)` when nothing is.
+    fn read_now(&mut self, buf: &mut BytesMut) -> io::Result<Option<usize>> {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        match tokio_util::io::poll_read_buf(Pin::new(self), &mut cx, buf) {
+            Poll::Ready(r) => r.map(Some),
+            Poll::Pending => Ok(None),
+        }
+    }
+}
+
+impl tokio::io::AsyncRead for Io {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Io {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Writes all of `bytes` and flushes (TLS keeps records until flushed).
+async fn send(io: &mut Io, bytes: &[u8]) -> io::Result<()> {
+    io.write_all(bytes).await?;
+    if matches!(io, Io::Tls(_)) {
+        io.flush().await?;
+    }
+    Ok(())
+}
+
 /// One connection to an upstream endpoint.
 pub struct Conn {
-    io: TcpStream,
+    io: Io,
     /// Bytes read and not consumed yet (empty between exchanges).
     buf: BytesMut,
     /// The head write buffer, kept for the next request.
@@ -59,7 +136,7 @@ pub enum ExchangeError {
 
 impl Conn {
     /// A connection over `io`.
-    pub fn new(io: TcpStream) -> Self {
+    pub fn new(io: Io) -> Self {
         Self {
             io,
             buf: BytesMut::new(),
@@ -67,13 +144,18 @@ impl Conn {
         }
     }
 
-    /// Whether an idle connection can carry a request: nothing to read, no EOF seen.
+    /// Whether an idle connection can carry a request: nothing to read, no EOF seen
+    /// (a peek at the socket: nothing is consumed, so a TLS stream stays intact).
     pub fn is_usable(&self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
         let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        let mut rb = tokio::io::ReadBuf::new(&mut probe);
+        // Ready means EOF, stray bytes (a TLS alert, an unasked answer) or an error.
+        self.io.tcp().poll_peek(&mut cx, &mut rb).is_pending()
     }
 
     async fn read_more(&mut self) -> io::Result<usize> {
@@ -109,7 +191,7 @@ pub async fn exchange(
         }
         _ => true,
     };
-    if let Err(e) = conn.io.write_all(&wbuf).await {
+    if let Err(e) = send(&mut conn.io, &wbuf).await {
         return Err(ExchangeError::Closed {
             cause: e.to_string(),
             unsent: true,
@@ -210,15 +292,32 @@ async fn send_body(
     loop {
         let frame = tokio::select! {
             biased;
-            ready = conn.io.readable() => {
+            ready = conn.io.tcp().readable() => {
                 let _ = ready;
                 if conn.buf.capacity() - conn.buf.len() < 1024 {
                     conn.buf.reserve(READ_CHUNK);
                 }
-                match conn.io.try_read_buf(&mut conn.buf) {
-                    Ok(0) => return Err(ExchangeError::Reset("closed while the request body was sent".into())),
-                    Ok(_) => return Ok(Sent::Early),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                // Through TLS when there is TLS: a record that is not data (a session
+                // ticket) reads as nothing yet.
+                match conn.io.read_now(&mut conn.buf) {
+                    Ok(Some(0)) => return Err(ExchangeError::Reset("closed while the request body was sent".into())),
+                    Ok(Some(_)) => return Ok(Sent::Early),
+                    Ok(None) => {
+                        // Readiness seen but no data: clear it before waiting again.
+                        if let Io::Plain(s) = &conn.io {
+                            let mut probe = [0u8; 1];
+                            match s.try_read(&mut probe) {
+                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                                Ok(0) => return Err(ExchangeError::Reset("closed while the request body was sent".into())),
+                                Ok(_) => {
+                                    conn.buf.extend_from_slice(&probe);
+                                    return Ok(Sent::Early);
+                                }
+                                Err(e) => return Err(broken(e)),
+                            }
+                        }
+                        continue;
+                    }
                     Err(e) => return Err(broken(e)),
                 }
             }
@@ -246,7 +345,7 @@ async fn send_body(
                             .await
                             .map_err(broken)?;
                     } else {
-                        conn.io.write_all(&data).await.map_err(broken)?;
+                        send(&mut conn.io, &data).await.map_err(broken)?;
                     }
                 }
                 Err(frame) => {
@@ -256,7 +355,7 @@ async fn send_body(
                         let mut out = b"0\r\n".to_vec();
                         write_fields(&trailers, &mut out);
                         out.extend_from_slice(b"\r\n");
-                        conn.io.write_all(&out).await.map_err(broken)?;
+                        send(&mut conn.io, &out).await.map_err(broken)?;
                         return Ok(Sent::Whole);
                     }
                 }
@@ -264,7 +363,7 @@ async fn send_body(
         }
     }
     match framing {
-        RequestFraming::Chunked => conn.io.write_all(b"0\r\n\r\n").await.map_err(broken)?,
+        RequestFraming::Chunked => send(&mut conn.io, b"0\r\n\r\n").await.map_err(broken)?,
         RequestFraming::Length(n) if sent != n => {
             return Err(ExchangeError::RequestBody(
                 "the request body is shorter than its length".into(),
@@ -275,13 +374,13 @@ async fn send_body(
     Ok(Sent::Whole)
 }
 
-async fn write_parts(io: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+async fn write_parts(io: &mut Io, parts: &[&[u8]]) -> io::Result<()> {
     let total: usize = parts.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(total);
     for p in parts {
         out.extend_from_slice(p);
     }
-    io.write_all(&out).await
+    send(io, &out).await
 }
 
 fn write_fields(fields: &HeaderMap, out: &mut Vec<u8>) {

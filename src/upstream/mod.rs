@@ -50,22 +50,16 @@ impl Drop for InFlight {
     }
 }
 
-/// An endpoint lent to one exchange: its in-flight count, and the HTTP/1.1 connection
-/// to give back once the response body has been read whole.
+/// An endpoint lent to one exchange: its in-flight count, held until the response body
+/// ends (an HTTP/1.1 body gives its connection back to the pool itself).
 pub struct Lease {
     /// Released when the lease is dropped.
     pub in_flight: InFlight,
-    /// The pooled connection, if any.
-    pub checkin: Option<pool::Checkin>,
 }
 
 impl Lease {
-    /// The exchange ended cleanly: the connection may be reused.
-    pub fn complete(self) {
-        if let Some(c) = self.checkin {
-            c.give_back();
-        }
-    }
+    /// The exchange ended: the endpoint's in-flight count goes down.
+    pub fn complete(self) {}
 }
 
 /// The endpoints of a cluster at one moment, with their balancing table.

@@ -1,17 +1,19 @@
 //! Keep-alive connections to one endpoint: a stack of idle HTTP/1.1 connections, or one
 //! shared HTTP/2 connection.
 //!
-//! An HTTP/1.1 connection goes back to the stack only after its response body was read to
-//! the end (the body's end hook does it), so a connection whose exchange broke (client
-//! gone, body error, timeout) is never reused. Idle connections older than the pool's idle
-//! timeout are closed instead of reused. A request that could not even be written to a
-//! pooled connection (the upstream closed it while idle) is retried once on a fresh one:
-//! nothing reached the upstream, so this is safe for every method.
+//! HTTP/1.1 runs on turnpike's own client ([`super::h1`]): a connection goes back to the
+//! stack only when its response body ended exactly where its framing said, so a
+//! connection whose exchange broke (client gone, body error, timeout, protocol error) is
+//! never reused. Idle connections older than the pool's idle timeout, or closed by the
+//! upstream (a peek when taken), are not reused. A request whose pooled connection turns
+//! out closed before it answered is sent once more on a fresh one when that is safe:
+//! nothing was written, or it is idempotent with an empty or in-memory body. HTTP/2 and
+//! WebSocket handshakes use hyper's client.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -41,9 +43,9 @@ pub enum SendError {
 
 /// A response head from an endpoint, with its body still on the connection.
 pub enum Sent {
-    /// From hyper's client (HTTP/2, TLS upstreams, upgrades); the hook gives an
-    /// HTTP/1.1 connection back once the body was read.
-    Hyper(http::Response<Incoming>, Option<Checkin>),
+    /// From hyper's client (HTTP/2, WebSocket handshakes): nothing is pooled by the
+    /// body.
+    Hyper(http::Response<Incoming>),
     /// From turnpike's own HTTP/1.1 client: the body gives its connection back itself.
     Own(http::response::Parts, super::h1::ResponseBody),
 }
@@ -70,11 +72,6 @@ pub struct PoolTls {
     pub name: rustls::pki_types::ServerName<'static>,
 }
 
-struct Idle {
-    tx: http1::SendRequest<Body>,
-    since: Instant,
-}
-
 struct IdleConn {
     conn: super::h1::Conn,
     since: Instant,
@@ -84,25 +81,9 @@ struct IdleConn {
 pub struct Pool {
     addr: SocketAddr,
     config: PoolConfig,
-    idle: Mutex<VecDeque<Idle>>,
     idle_own: Mutex<VecDeque<IdleConn>>,
     h2: tokio::sync::Mutex<Option<http2::SendRequest<Body>>>,
     stats: Arc<UpstreamStats>,
-}
-
-/// Returns an HTTP/1.1 connection to its pool when a response body ends cleanly.
-pub struct Checkin {
-    pool: Weak<Pool>,
-    tx: http1::SendRequest<Body>,
-}
-
-impl Checkin {
-    /// Gives the connection back: call only after its response was read to the end.
-    pub fn give_back(self) {
-        if let Some(pool) = self.pool.upgrade() {
-            pool.put(self.tx);
-        }
-    }
 }
 
 impl Pool {
@@ -111,7 +92,6 @@ impl Pool {
         Arc::new(Self {
             addr,
             config,
-            idle: Mutex::new(VecDeque::new()),
             idle_own: Mutex::new(VecDeque::new()),
             h2: tokio::sync::Mutex::new(None),
             stats,
@@ -120,26 +100,21 @@ impl Pool {
 
     /// Idle HTTP/1.1 connections held now.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().map_or(0, |v| v.len()) + self.idle_own.lock().map_or(0, |v| v.len())
+        self.idle_own.lock().map_or(0, |v| v.len())
     }
 
-    /// Sends `req`: plain HTTP/1.1 on turnpike's own client, TLS and HTTP/2 on hyper's.
+    /// Sends `req`: HTTP/1.1 (plain or TLS) on turnpike's own client, HTTP/2 on hyper's.
     pub async fn send(
         self: &Arc<Self>,
         req: http::Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Sent, SendError> {
         match self.config.protocol {
-            UpstreamProtocol::Http1 if self.config.tls.is_none() => {
-                self.send_own(req, connect_timeout).await
-            }
-            UpstreamProtocol::Http1 => Box::pin(self.send_h1(req, connect_timeout))
-                .await
-                .map(|(r, c)| Sent::Hyper(r, c)),
+            UpstreamProtocol::Http1 => self.send_own(req, connect_timeout).await,
             UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
                 Box::pin(self.send_h2(req, connect_timeout))
                     .await
-                    .map(|r| Sent::Hyper(r, None))
+                    .map(Sent::Hyper)
             }
         }
     }
@@ -157,7 +132,7 @@ impl Pool {
             let (conn, reused) = match idle {
                 Some(c) => (c, true),
                 None => (
-                    Conn::new(Box::pin(self.connect_tcp(connect_timeout)).await?),
+                    Conn::new(Box::pin(self.connect_own(connect_timeout)).await?),
                     false,
                 ),
             };
@@ -212,49 +187,6 @@ impl Pool {
         }
     }
 
-    async fn send_h1(
-        self: &Arc<Self>,
-        mut req: http::Request<Body>,
-        connect_timeout: Duration,
-    ) -> Result<(http::Response<Incoming>, Option<Checkin>), SendError> {
-        let mut first_try = true;
-        loop {
-            let idle = if first_try {
-                self.take_idle(connect_timeout).await
-            } else {
-                None
-            };
-            let (mut tx, reused) = match idle {
-                Some(tx) => (tx, true),
-                // Connecting is rare on a warm pool: boxed, so that its large future does not
-                // inflate every request's state.
-                None => (
-                    Box::pin(self.connect_h1(connect_timeout, false)).await?,
-                    false,
-                ),
-            };
-            match tx.try_send_request(req).await {
-                Ok(resp) => {
-                    let checkin = Checkin {
-                        pool: Arc::downgrade(self),
-                        tx,
-                    };
-                    return Ok((resp, Some(checkin)));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: the pooled connection was already closed. Retry once
-                    // on a new connection.
-                    Some(back) if reused => {
-                        self.stats.stale_retries.fetch_add(1, Relaxed);
-                        req = back;
-                        first_try = false;
-                    }
-                    _ => return Err(SendError::Exchange(e.into_error())),
-                },
-            }
-        }
-    }
-
     /// Sends a WebSocket handshake on a connection of its own (never pooled), with
     /// upgrades enabled.
     pub async fn send_upgrade(
@@ -264,46 +196,6 @@ impl Pool {
     ) -> Result<http::Response<Incoming>, SendError> {
         let mut tx = Box::pin(self.connect_h1(connect_timeout, true)).await?;
         tx.send_request(req).await.map_err(SendError::Exchange)
-    }
-
-    async fn take_idle(&self, connect_timeout: Duration) -> Option<http1::SendRequest<Body>> {
-        loop {
-            let entry = {
-                let mut idle = self.idle.lock().ok()?;
-                idle.pop_back()?
-            };
-            if entry.since.elapsed() > self.config.idle_timeout || entry.tx.is_closed() {
-                continue;
-            }
-            let mut tx = entry.tx;
-            if tx.is_ready() {
-                return Some(tx);
-            }
-            // The previous exchange's end was seen by the body before the connection task
-            // marked the connection idle: wait for it (bounded), or drop it if it closes.
-            if let Ok(Ok(())) = tokio::time::timeout(connect_timeout, tx.ready()).await {
-                return Some(tx);
-            }
-        }
-    }
-
-    fn put(&self, tx: http1::SendRequest<Body>) {
-        if tx.is_closed() {
-            return;
-        }
-        let now = Instant::now();
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
-        // Prune from the old end, one per return: amortized, no scan of the stack.
-        if idle.front().is_some_and(|e| {
-            now.duration_since(e.since) > self.config.idle_timeout || e.tx.is_closed()
-        }) {
-            idle.pop_front();
-        }
-        if idle.len() < self.config.max_idle {
-            idle.push_back(Idle { tx, since: now });
-        }
     }
 
     async fn connect_tcp(&self, connect_timeout: Duration) -> Result<TcpStream, SendError> {
@@ -326,6 +218,14 @@ impl Pool {
         let _ = stream.set_nodelay(true);
         self.stats.connections_opened.fetch_add(1, Relaxed);
         Ok(stream)
+    }
+
+    /// A connection for the own HTTP/1.1 client: TCP, then TLS when configured.
+    async fn connect_own(&self, connect_timeout: Duration) -> Result<super::h1::Io, SendError> {
+        Ok(match self.connect_io(connect_timeout).await? {
+            Io::Plain(io) => super::h1::Io::Plain(io.into_inner()),
+            Io::Tls(io) => super::h1::Io::Tls(io.into_inner()),
+        })
     }
 
     /// TCP, then TLS when configured, all within `connect_timeout`.

@@ -944,3 +944,42 @@ routes:
     let resp = over(Some("bob"), "/strict/x").await;
     assert!(resp.starts_with("HTTP/1.1 200 "), "{resp}");
 }
+
+#[tokio::test]
+async fn a_tls_upstream_connection_is_reused_with_bodies_both_ways() {
+    // TLS 1.3 servers send session tickets after the handshake: the pool's liveness
+    // check must not take them for a closed or chatty connection.
+    let pki = Pki::new("upreuse");
+    pki.issue("svc", "svc.internal", &["svc.internal"], 10, false);
+    let addr = tls_upstream(&pki, "svc", None).await;
+    let ca = pki.path("ca.pem");
+    let gw = gateway(&format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:0"}}]
+admin: {{address: "127.0.0.1:0"}}
+access_log: {{enabled: false}}
+upstreams:
+  up: {{endpoints: ["{addr}"], tls: {{ca: {ca}, server_name: svc.internal}}}}
+routes:
+  - {{name: all, match: {{prefix: /}}, upstream: up}}
+"#
+    ))
+    .await;
+    let base = url(&gw, "public");
+    for i in 0..10 {
+        let r = get(&format!("{base}/get/{i}"), &[]).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        let body = "x".repeat(50_000 + i);
+        let r = send(request("POST", &format!("{base}/post/{i}"), &[], &body)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.echo().body_len, body.len());
+    }
+    assert_eq!(
+        metric_value(
+            &gw,
+            "turnpike_upstream_connections_opened_total{upstream=\"up\"}"
+        ),
+        Some(1),
+        "the TLS connection was not reused"
+    );
+}
