@@ -233,6 +233,7 @@ fn explain_ctx(
         identity: None,
         stats: None,
         extensions: http::Extensions::new(),
+        rate_limits: [None, None],
     }
 }
 

@@ -61,6 +61,9 @@ pub struct RequestCtx {
     pub stats: Option<Arc<RouteStats>>,
     /// Typed values policies hand to each other.
     pub extensions: http::Extensions,
+    /// Decisions of the route's `rate_limit` policies, for their response phase (inline:
+    /// no allocation on the hot path; a third policy on one route uses `extensions`).
+    pub rate_limits: [Option<crate::policies::rate_limit::Admitted>; 2],
 }
 
 impl RequestCtx {
@@ -116,6 +119,7 @@ impl RequestCtx {
             identity: None,
             stats: None,
             extensions: http::Extensions::new(),
+            rate_limits: [None, None],
         }
     }
 }

@@ -235,6 +235,7 @@ pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response
         identity: None,
         stats: None,
         extensions: http::Extensions::new(),
+        rate_limits: [None, None],
     };
     if ctx.websocket {
         // A tunnel made of this connection holds its slot (see targets::tunnel).

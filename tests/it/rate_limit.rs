@@ -244,3 +244,36 @@ routes:
 async fn get_owned(url: String) -> u16 {
     get(&url, &[]).await.status.as_u16()
 }
+
+#[tokio::test]
+async fn three_rate_limits_on_one_route_each_decide_and_write_their_headers() {
+    // Two decisions are carried inline to the response phase, a third one aside: the
+    // third's legacy headers prove it was found again.
+    let up = echo("app").await;
+    let yaml = format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:0"}}]
+access_log: {{enabled: false}}
+upstreams:
+  app: {{endpoints: ["{up}"]}}
+routes:
+  - name: r
+    match: {{prefix: /}}
+    upstream: app
+    policies:
+      - {{type: rate_limit, limits: ["100/minute"], key: route}}
+      - {{type: rate_limit, limits: ["50/minute"], key: route}}
+      - {{type: rate_limit, limits: ["2/minute"], key: route, headers: {{legacy: true}}}}
+"#,
+        up = up.addr
+    );
+    let gw = gateway(&yaml).await;
+    let base = url(&gw, "public");
+    let r = get(&format!("{base}/a"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-ratelimit-limit"), Some("2"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("1"));
+    assert_eq!(get(&format!("{base}/b"), &[]).await.status, 200);
+    let r = get(&format!("{base}/c"), &[]).await;
+    assert_eq!(r.status, 429, "the third limit did not decide");
+}

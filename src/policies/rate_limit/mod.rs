@@ -95,9 +95,14 @@ pub struct RateLimit {
     legacy: bool,
 }
 
-/// What the response phase writes on an admitted request.
-#[derive(Clone, Copy)]
-struct Admitted(Decision, usize);
+/// What the response phase writes on an admitted request: the decision, the limit set,
+/// and which policy made it (its address, stable for the snapshot's life).
+#[derive(Clone, Copy, Debug)]
+pub struct Admitted(Decision, usize, usize);
+
+/// A third or later `rate_limit` on one route keeps its decisions here.
+#[derive(Clone, Default)]
+struct MoreAdmitted(Vec<Admitted>);
 
 static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-policy");
 static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
@@ -382,16 +387,30 @@ impl RateLimit {
             return Err(GatewayError::RateLimited(Box::new(headers)));
         }
         if self.on_allowed {
-            ctx.extensions.insert(Admitted(d, set));
+            let note = Admitted(d, set, self.id());
+            match ctx.rate_limits.iter_mut().find(|s| s.is_none()) {
+                Some(slot) => *slot = Some(note),
+                None => {
+                    let more = ctx.extensions.get_or_insert_default::<MoreAdmitted>();
+                    more.0.push(note);
+                }
+            }
         }
         Ok(Duration::from_nanos(d.wait))
     }
 
+    fn id(&self) -> usize {
+        self as *const Self as usize
+    }
+
     fn write_headers(&self, set: usize, d: &Decision, h: &mut http::HeaderMap) {
+        use std::fmt::Write as _;
         let ls = &self.sets[set];
         let name = ls.names.get(d.tightest).map_or("", String::as_str);
         let reset = d.reset.div_ceil(1_000_000_000);
-        if let Ok(v) = HeaderValue::from_str(&format!("\"{name}\";r={};t={reset}", d.remaining)) {
+        let mut text = String::with_capacity(name.len() + 32);
+        let _ = write!(text, "\"{name}\";r={};t={reset}", d.remaining);
+        if let Ok(v) = HeaderValue::from_maybe_shared(bytes::Bytes::from(text)) {
             h.insert(RATELIMIT.clone(), v);
         }
         h.insert(RATELIMIT_POLICY.clone(), ls.policy_header.clone());
@@ -406,7 +425,16 @@ impl RateLimit {
 
     /// Writes the `RateLimit` headers on an admitted request's response.
     pub fn on_response(&self, ctx: &mut RequestCtx, resp: &mut Response) {
-        if let Some(Admitted(d, set)) = ctx.extensions.remove::<Admitted>() {
+        let id = self.id();
+        let mine = |s: &Option<Admitted>| s.is_some_and(|a| a.2 == id);
+        let note = match ctx.rate_limits.iter_mut().find(|s| mine(s)) {
+            Some(slot) => slot.take(),
+            None => ctx.extensions.get_mut::<MoreAdmitted>().and_then(|more| {
+                let i = more.0.iter().position(|a| a.2 == id)?;
+                Some(more.0.remove(i))
+            }),
+        };
+        if let Some(Admitted(d, set, _)) = note {
             self.write_headers(set, &d, resp.headers_mut());
         }
     }
