@@ -2,7 +2,7 @@
 //! (the active configuration, secrets redacted), `GET /routes`, and `POST /reload`.
 //! Keep it on loopback or a private network: it has no authentication of its own.
 
-mod redact;
+pub(crate) mod redact;
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering::Relaxed;

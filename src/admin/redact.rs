@@ -69,7 +69,7 @@ fn walk(v: &mut Value, secrets: &[&str], sensitive_key: bool) {
 }
 
 /// `scheme://user:password@rest` as `scheme://user:[redacted]@rest`.
-fn url_without_password(s: &str) -> Option<String> {
+pub(crate) fn url_without_password(s: &str) -> Option<String> {
     let start = s.find("://")? + 3;
     let at = start + s[start..].find('@')?;
     let userinfo = &s[start..at];

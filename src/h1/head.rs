@@ -98,29 +98,9 @@ pub fn parse_response(
             lengths = Some(n);
         } else if name == TRANSFER_ENCODING {
             te = true;
-            for coding in f.value.split(|b| *b == b',') {
-                let coding = coding.trim_ascii();
-                if coding.is_empty() {
-                    continue;
-                }
-                if chunked {
-                    return Err(H1Error::Framing("a transfer coding after chunked"));
-                }
-                if coding.eq_ignore_ascii_case(b"chunked") {
-                    chunked = true;
-                } else {
-                    return Err(H1Error::Framing("a transfer coding other than chunked"));
-                }
-            }
+            chunked = codings(f.value, chunked).map_err(H1Error::Framing)?;
         } else if name == CONNECTION {
-            for token in f.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
-            }
+            close = connection_closes(f.value, version, close);
         }
         let start = f.value.as_ptr() as usize - base;
         spans.push((name, start, start + f.value.len()));
@@ -174,6 +154,40 @@ pub fn parse_response(
         keep_alive: !close && framing != Framing::Close,
         framing,
     }))
+}
+
+/// The transfer codings of one `Transfer-Encoding` value, after earlier lines that
+/// ended in `chunked` (`chunked`): whether they end in `chunked`. Only `chunked`, once
+/// and last, is accepted (names are case-insensitive, empty list items skipped).
+pub(super) fn codings(value: &[u8], mut chunked: bool) -> Result<bool, &'static str> {
+    for coding in value.split(|b| *b == b',') {
+        let coding = coding.trim_ascii();
+        if coding.is_empty() {
+            continue;
+        }
+        if chunked {
+            return Err("a transfer coding after chunked");
+        }
+        if !coding.eq_ignore_ascii_case(b"chunked") {
+            return Err("a transfer coding other than chunked");
+        }
+        chunked = true;
+    }
+    Ok(chunked)
+}
+
+/// Whether the connection closes after this message, given one `Connection` value and
+/// what earlier ones said: `close` closes; `keep-alive` keeps an HTTP/1.0 one open.
+pub(super) fn connection_closes(value: &[u8], version: Version, mut close: bool) -> bool {
+    for token in value.split(|b| *b == b',') {
+        let token = token.trim_ascii();
+        if token.eq_ignore_ascii_case(b"close") {
+            close = true;
+        } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+            close = false;
+        }
+    }
+    close
 }
 
 /// `1*DIGIT`, or a list of identical ones (`5, 5`), at most 19 digits.

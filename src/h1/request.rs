@@ -13,7 +13,7 @@ use bytes::BytesMut;
 use http::header::{CONNECTION, CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 
-use super::head::RequestFraming;
+use super::head::{codings, connection_closes, RequestFraming};
 
 /// The most header fields a request head may have (then 431).
 pub const MAX_FIELDS: usize = 100;
@@ -131,16 +131,9 @@ pub fn parse_request(
             if te_lines > 1 {
                 return Err(bad("more than one Transfer-Encoding field"));
             }
-            chunked = transfer_encoding(f.value)?;
+            chunked = codings(f.value, false).map_err(bad)?;
         } else if name == CONNECTION {
-            for token in f.value.split(|b| *b == b',') {
-                let token = token.trim_ascii();
-                if token.eq_ignore_ascii_case(b"close") {
-                    close = true;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
-                    close = false;
-                }
-            }
+            close = connection_closes(f.value, version, close);
         } else if name == EXPECT {
             if f.value.trim_ascii().eq_ignore_ascii_case(b"100-continue") {
                 expect_continue = version == Version::HTTP_11;
@@ -205,26 +198,6 @@ fn content_length(v: &[u8]) -> Result<u64, Refusal> {
         return Err(bad("invalid Content-Length"));
     }
     Ok(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
-}
-
-/// Whether the codings end in `chunked` (once, last); any other coding is refused.
-fn transfer_encoding(v: &[u8]) -> Result<bool, Refusal> {
-    let mut chunked = false;
-    for coding in v.split(|b| *b == b',') {
-        let coding = coding.trim_ascii();
-        if coding.is_empty() {
-            continue;
-        }
-        if chunked {
-            return Err(bad("a transfer coding after chunked"));
-        }
-        if coding.eq_ignore_ascii_case(b"chunked") {
-            chunked = true;
-        } else {
-            return Err(bad("a transfer coding other than chunked"));
-        }
-    }
-    Ok(chunked)
 }
 
 #[cfg(test)]

@@ -3,8 +3,9 @@
 //! One enum instead of a boxed trait object: the proxy fast path (a request body read
 //! from the client, a response body read from an upstream) runs without an allocation
 //! per request. Streaming bodies carry an idle timer that is only allocated when a read
-//! actually has to wait, and may hold an upstream lease that is completed at the end of
-//! the stream (the pool takes a connection back only after its response was read whole).
+//! actually has to wait, and may hold an upstream lease (the endpoint's in-flight count)
+//! until the stream ends; an upstream HTTP/1.1 body gives its connection back to the pool
+//! itself, only after its response was read whole.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -89,9 +90,8 @@ impl Body {
         Self::Stream(Box::new(StreamBody::new(Source::Hyper(inner), side, idle)))
     }
 
-    /// Like [`Body::stream`], holding `lease` until the stream ends: completed when it
-    /// ends cleanly (the connection goes back to its pool), dropped otherwise. A stream
-    /// that has already ended completes the lease now and gives an empty body.
+    /// Like [`Body::stream`], holding `lease` until the stream ends. A stream that has
+    /// already ended releases the lease now and gives an empty body.
     pub fn stream_with_lease(inner: Incoming, side: Side, idle: Duration, lease: Lease) -> Self {
         Self::leased(Source::Hyper(inner), side, idle, lease)
     }
@@ -104,7 +104,7 @@ impl Body {
 
     fn leased(inner: Source, side: Side, idle: Duration, lease: Lease) -> Self {
         if inner.is_end_stream() {
-            lease.complete();
+            drop(lease);
             return Self::Empty;
         }
         let mut s = StreamBody::new(inner, side, idle);
@@ -268,9 +268,7 @@ impl StreamBody {
     }
 
     fn finish(&mut self) {
-        if let Some(lease) = self.lease.take() {
-            lease.complete();
-        }
+        self.lease = None;
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {

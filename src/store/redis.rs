@@ -73,9 +73,11 @@ enum Connecting {
 /// The shared connection to Redis (single server, Cluster or Sentinel).
 pub struct RedisLink {
     spec: RedisSpec,
+    /// Where it connects, passwords hidden: written once, for logs.
+    target: String,
     base: Option<PathBuf>,
     conn: ArcSwapOption<Conn>,
-    state: watch::Sender<(Connecting, u64)>,
+    state: watch::Sender<Connecting>,
     breaker: Breaker,
     metrics: Arc<Metrics>,
 }
@@ -133,7 +135,20 @@ impl RedisLink {
     /// The link for `spec` (nothing is connected until the first call). `base` is the
     /// configuration's folder, where a relative `tls.ca` starts.
     pub fn new(spec: RedisSpec, base: Option<&Path>, metrics: Arc<Metrics>) -> Self {
+        let hide =
+            |u: &String| crate::admin::redact::url_without_password(u).unwrap_or_else(|| u.clone());
+        let list = |nodes: &[String]| nodes.iter().map(hide).collect::<Vec<_>>().join(",");
+        let target = if let Some(u) = &spec.url {
+            hide(u)
+        } else if let Some(c) = &spec.cluster {
+            format!("cluster {}", list(&c.nodes))
+        } else if let Some(s) = &spec.sentinel {
+            format!("sentinel {} via {}", s.master, list(&s.nodes))
+        } else {
+            String::new()
+        };
         Self {
+            target,
             breaker: Breaker {
                 threshold: spec.breaker.failures.max(1),
                 open_for: spec.breaker.open_for.0.as_millis() as u64,
@@ -144,7 +159,7 @@ impl RedisLink {
             spec,
             base: base.map(Path::to_path_buf),
             conn: ArcSwapOption::empty(),
-            state: watch::channel((Connecting::Idle, 0)).0,
+            state: watch::channel(Connecting::Idle).0,
             metrics,
         }
     }
@@ -154,46 +169,9 @@ impl RedisLink {
         &self.spec.key_prefix
     }
 
-    /// The deadline of one call.
-    pub fn timeout(&self) -> Duration {
-        self.spec.timeout.0
-    }
-
-    /// Where it connects, without credentials (for logs).
-    pub fn describe(&self) -> String {
-        let strip = |u: &str| match (u.find("://"), u.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}{}", &u[..s + 3], &u[at + 1..]),
-            _ => u.to_string(),
-        };
-        if let Some(u) = &self.spec.url {
-            strip(u)
-        } else if let Some(c) = &self.spec.cluster {
-            format!(
-                "cluster {}",
-                c.nodes
-                    .iter()
-                    .map(|u| strip(u))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-        } else if let Some(s) = &self.spec.sentinel {
-            format!(
-                "sentinel {} via {}",
-                s.master,
-                s.nodes
-                    .iter()
-                    .map(|u| strip(u))
-                    .collect::<Vec<_>>()
-                    .join(",")
-            )
-        } else {
-            String::new()
-        }
-    }
-
-    /// Whether the breaker is open now (Redis not being asked).
-    pub fn breaker_open(&self) -> bool {
-        self.breaker.open_until.load(Ordering::Acquire) != 0
+    /// Where it connects, without passwords (for logs).
+    pub fn describe(&self) -> &str {
+        &self.target
     }
 
     /// Runs `script` with `keys` and `args` within the deadline, through the breaker.
@@ -300,11 +278,10 @@ impl RedisLink {
         }
         let mut rx = self.state.subscribe();
         let started = self.state.send_if_modified(|s| {
-            if s.0 == Connecting::Busy {
+            if *s == Connecting::Busy {
                 return false;
             }
-            s.0 = Connecting::Busy;
-            s.1 += 1;
+            *s = Connecting::Busy;
             true
         });
         if started {
@@ -315,7 +292,7 @@ impl RedisLink {
             if let Some(c) = self.conn.load_full() {
                 return Ok((*c).clone());
             }
-            if rx.borrow().0 == Connecting::Failed {
+            if *rx.borrow() == Connecting::Failed {
                 return Err(StoreError::Unreachable("could not connect".into()));
             }
             if rx.changed().await.is_err() {
@@ -334,11 +311,11 @@ impl RedisLink {
             match r {
                 Ok(c) => {
                     me.conn.store(Some(Arc::new(c)));
-                    me.state.send_modify(|s| s.0 = Connecting::Idle);
+                    me.state.send_replace(Connecting::Idle);
                 }
                 Err(e) => {
                     tracing::debug!(redis = %me.describe(), error = %e, "redis connect failed");
-                    me.state.send_modify(|s| s.0 = Connecting::Failed);
+                    me.state.send_replace(Connecting::Failed);
                 }
             }
         });

@@ -72,7 +72,8 @@ pub fn dns_names(der: &[u8]) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lowercase hex of `bytes` (certificate fingerprints, rate-limit key digests).
+pub fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     for b in bytes {
         let _ = write!(s, "{b:02x}");

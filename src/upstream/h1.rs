@@ -302,22 +302,9 @@ async fn send_body(
                 match conn.io.read_now(&mut conn.buf) {
                     Ok(Some(0)) => return Err(ExchangeError::Reset("closed while the request body was sent".into())),
                     Ok(Some(_)) => return Ok(Sent::Early),
-                    Ok(None) => {
-                        // Readiness seen but no data: clear it before waiting again.
-                        if let Io::Plain(s) = &conn.io {
-                            let mut probe = [0u8; 1];
-                            match s.try_read(&mut probe) {
-                                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                                Ok(0) => return Err(ExchangeError::Reset("closed while the request body was sent".into())),
-                                Ok(_) => {
-                                    conn.buf.extend_from_slice(&probe);
-                                    return Ok(Sent::Early);
-                                }
-                                Err(e) => return Err(broken(e)),
-                            }
-                        }
-                        continue;
-                    }
+                    // Nothing yet (the read that said so cleared the readiness), or
+                    // a TLS record that was no data: wait again.
+                    Ok(None) => continue,
                     Err(e) => return Err(broken(e)),
                 }
             }

@@ -57,11 +57,6 @@ pub struct Lease {
     pub in_flight: InFlight,
 }
 
-impl Lease {
-    /// The exchange ended: the endpoint's in-flight count goes down.
-    pub fn complete(self) {}
-}
-
 /// The endpoints of a cluster at one moment, with their balancing table.
 pub struct EndpointSet {
     /// The endpoints.

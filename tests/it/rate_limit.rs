@@ -171,11 +171,7 @@ async fn bad_limits_keys_and_unavailable_stores_are_config_errors_with_their_pat
     ];
     for (from, to, path) in cases {
         let yaml = config(up.addr).replacen(from, to, 1);
-        let e = turnpike::config::load_str(&yaml, std::path::Path::new("."))
-            .and_then(turnpike::runtime::compile::check)
-            .err()
-            .unwrap_or_else(|| panic!("accepted: {to}"))
-            .to_string();
+        let e = config_error(&yaml).unwrap_or_else(|| panic!("accepted: {to}"));
         assert!(e.contains(path), "{path}: {e}");
     }
 }

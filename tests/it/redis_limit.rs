@@ -677,11 +677,7 @@ routes:
     ];
     for (from, to, want) in cases {
         let bad = yaml.replacen(from, to, 1);
-        let e = turnpike::config::load_str(&bad, std::path::Path::new("."))
-            .and_then(turnpike::runtime::compile::check)
-            .err()
-            .unwrap_or_else(|| panic!("accepted: {to}"))
-            .to_string();
+        let e = config_error(&bad).unwrap_or_else(|| panic!("accepted: {to}"));
         assert!(e.contains(want), "{want}: {e}");
     }
     // `plans: true` with no plans at all.
@@ -690,10 +686,7 @@ routes:
         .replace("plan: free, ", "")
         .replace("plan: pro, ", "")
         .replace("plan: enterprise, ", "");
-    let e = turnpike::config::load_str(&bare, std::path::Path::new("."))
-        .and_then(turnpike::runtime::compile::check)
-        .expect_err("plans: true without plans was accepted")
-        .to_string();
+    let e = config_error(&bare).expect("plans: true without plans was accepted");
     assert!(e.contains("routes[0].policies[1].plans"), "{e}");
     // store: redis without a redis block, and batching without redis.
     for (to, want) in [
@@ -707,11 +700,7 @@ routes:
         ),
     ] {
         let bad = yaml.replace("plans: true", to);
-        let e = turnpike::config::load_str(&bad, std::path::Path::new("."))
-            .and_then(turnpike::runtime::compile::check)
-            .err()
-            .unwrap_or_else(|| panic!("accepted: {to}"))
-            .to_string();
+        let e = config_error(&bad).unwrap_or_else(|| panic!("accepted: {to}"));
         assert!(e.contains(want), "{want}: {e}");
     }
 }
@@ -741,11 +730,7 @@ async fn bad_redis_blocks_are_config_errors_with_their_paths() {
     ];
     for (from, to, want) in cases {
         let bad = good.replacen(from, to, 1);
-        let e = turnpike::config::load_str(&bad, std::path::Path::new("."))
-            .and_then(turnpike::runtime::compile::check)
-            .err()
-            .unwrap_or_else(|| panic!("accepted: {to}"))
-            .to_string();
+        let e = config_error(&bad).unwrap_or_else(|| panic!("accepted: {to}"));
         assert!(e.contains(want), "{want}: {e}");
     }
 }

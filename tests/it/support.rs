@@ -376,3 +376,12 @@ pub fn config_file(name: &str, yaml: &str) -> std::path::PathBuf {
     std::fs::write(&config, yaml).unwrap();
     config
 }
+
+/// The errors `yaml` is refused with (loading, then compiling as `validate` does), or
+/// `None` when it is accepted.
+pub fn config_error(yaml: &str) -> Option<String> {
+    turnpike::config::load_str(yaml, std::path::Path::new("."))
+        .and_then(turnpike::runtime::compile::check)
+        .err()
+        .map(|e| e.to_string())
+}

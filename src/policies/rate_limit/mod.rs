@@ -118,15 +118,6 @@ fn now_ns() -> u64 {
     (tokio::time::Instant::now() - start).as_nanos() as u64 + 86_400_000_000_000
 }
 
-fn hex(bytes: &[u8]) -> String {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
-}
-
 impl RateLimit {
     /// Builds the policy at `path` of route `cx.route`.
     pub fn build(
@@ -336,7 +327,7 @@ impl RateLimit {
             let digest = crate::policies::consumers::sha256(&bytes.0);
             let mut key = String::with_capacity(shared.namespace.len() + 33);
             key.push_str(&shared.namespace);
-            key.push_str(&hex(&digest[..16]));
+            key.push_str(&crate::tls::identity::hex(&digest[..16]));
             key.push('}');
             key
         };
