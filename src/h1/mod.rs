@@ -17,7 +17,7 @@ pub use chunked::{ChunkedDecoder, Decoded};
 pub use head::{
     encode_request, parse_response, request_framing, Framing, RequestFraming, ResponseHead,
 };
-pub use request::{parse_request, Refusal, RequestHead};
+pub use request::{parse_request, HeadLimits, Refusal, RequestHead};
 
 /// Why a message could not be framed or parsed. The text is for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -96,6 +96,18 @@ impl Body {
         Self::leased(Source::Hyper(inner), side, idle, lease)
     }
 
+    /// A client's request body read by turnpike's own HTTP/1.1 server.
+    pub fn client_h1(inner: crate::server::h1::ClientBody, idle: Duration) -> Self {
+        if inner.is_end_stream() {
+            return Self::Empty;
+        }
+        Self::Stream(Box::new(StreamBody::new(
+            Source::Client(inner),
+            Side::Downstream,
+            idle,
+        )))
+    }
+
     /// An upstream response body of turnpike's own HTTP/1.1 client, holding `lease`
     /// (its in-flight count) until it ends; the body gives its connection back itself.
     pub fn upstream_h1(inner: ResponseBody, idle: Duration, lease: Lease) -> Self {
@@ -161,6 +173,8 @@ enum Source {
     Hyper(Incoming),
     /// turnpike's own HTTP/1.1 client.
     Own(ResponseBody),
+    /// turnpike's own HTTP/1.1 server (client bodies).
+    Client(crate::server::h1::ClientBody),
 }
 
 impl Source {
@@ -172,6 +186,9 @@ impl Source {
             Self::Own(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
+            Self::Client(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(|e| Box::new(e) as BoxError))),
         }
     }
 
@@ -179,6 +196,7 @@ impl Source {
         match self {
             Self::Hyper(i) => i.is_end_stream(),
             Self::Own(b) => b.is_end_stream(),
+            Self::Client(b) => b.is_end_stream(),
         }
     }
 
@@ -186,11 +204,12 @@ impl Source {
         match self {
             Self::Hyper(i) => i.size_hint(),
             Self::Own(b) => b.size_hint(),
+            Self::Client(b) => b.size_hint(),
         }
     }
 }
 
-/// A body streamed from a peer: hyper's `Incoming` or our client's body, plus an idle
+/// A body streamed from a peer: hyper's `Incoming`, our client's or our server's body, plus an idle
 /// timer, optional byte counter and optional end-of-stream hook.
 pub struct StreamBody {
     inner: Source,

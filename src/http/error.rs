@@ -43,6 +43,10 @@ pub enum GatewayError {
     Misdirected,
     /// The client stopped sending its body for longer than the idle timeout.
     RequestTimeout,
+    /// The client did not send a whole request head within the header timeout.
+    HeadTimeout,
+    /// The request's `Expect` field asks for something other than `100-continue`.
+    ExpectationFailed,
     /// The request already passed through this gateway too many times.
     LoopDetected,
     /// A policy could not authenticate the request: 401, with the `WWW-Authenticate`
@@ -92,7 +96,8 @@ impl GatewayError {
             Self::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             Self::Misdirected => StatusCode::MISDIRECTED_REQUEST,
-            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RequestTimeout | Self::HeadTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::ExpectationFailed => StatusCode::EXPECTATION_FAILED,
             Self::LoopDetected => StatusCode::LOOP_DETECTED,
             Self::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) | Self::InsufficientScope => StatusCode::FORBIDDEN,
@@ -121,7 +126,8 @@ impl GatewayError {
             Self::HeadersTooLarge => "headers_too_large",
             Self::VersionNotSupported => "http_version_not_supported",
             Self::Misdirected => "misdirected_request",
-            Self::RequestTimeout => "request_timeout",
+            Self::RequestTimeout | Self::HeadTimeout => "request_timeout",
+            Self::ExpectationFailed => "expectation_failed",
             Self::LoopDetected => "loop_detected",
             Self::Unauthorized { .. } => "unauthorized",
             Self::Forbidden(_) => "forbidden",
@@ -151,6 +157,8 @@ impl GatewayError {
             | Self::VersionNotSupported
             | Self::Misdirected
             | Self::RequestTimeout
+            | Self::HeadTimeout
+            | Self::ExpectationFailed
             | Self::LoopDetected
             | Self::Unauthorized { .. }
             | Self::Forbidden(_)
@@ -187,6 +195,8 @@ impl GatewayError {
             Self::VersionNotSupported => "HTTP version not supported",
             Self::Misdirected => "this connection does not serve the requested host",
             Self::RequestTimeout => "request body not received in time",
+            Self::HeadTimeout => "request head not received in time",
+            Self::ExpectationFailed => "only the 100-continue expectation is supported",
             Self::LoopDetected => "request loop detected",
             Self::Unauthorized { reason, .. } | Self::Forbidden(reason) => reason,
             Self::InsufficientScope => "the token lacks a required scope",

@@ -135,7 +135,6 @@ pub fn listener_settings(
 ) -> ListenerSettings {
     use crate::server::normalize::{EncodedSlashes, PathRules};
     let lim = &l.limits;
-    let builder = crate::server::http_builder(l);
     ListenerSettings {
         accept_http10: l.http.accept_http10,
         max_uri: lim.max_uri.0 as usize,
@@ -166,9 +165,7 @@ pub fn listener_settings(
         }),
         max_header_bytes: lim.max_header_bytes.0 as usize,
         handshake: l.timeouts.handshake.0,
-        builder_h1: crate::server::http1_builder(l),
-        builder_h2: Arc::new(builder.clone().http2_only()),
-        builder: Arc::new(builder),
+        builder_h2: Arc::new(crate::server::http2_builder(l)),
         header_read: l.timeouts.header_read.0,
     }
 }

@@ -58,7 +58,7 @@ pub struct ListenerSettings {
     pub path_rules: PathRules,
     /// Silence allowed after accepting a connection.
     pub first_byte: Duration,
-    /// Idle time allowed on an HTTP/2 connection.
+    /// Idle time allowed on a connection between requests.
     pub keep_alive: Duration,
     /// The TLS handshake timeout.
     pub handshake: Duration,
@@ -72,11 +72,7 @@ pub struct ListenerSettings {
     pub redirect_https: Option<(u16, http::StatusCode)>,
     /// The whole request head at most.
     pub max_header_bytes: usize,
-    /// The HTTP/1.1 + HTTP/2 connection settings.
-    pub builder: Arc<auto::Builder<TokioExecutor>>,
-    /// The same, HTTP/1.1 only (TLS connections that chose `http/1.1` by ALPN).
-    pub builder_h1: hyper::server::conn::http1::Builder,
-    /// The same, HTTP/2 only (TLS connections that chose `h2` by ALPN).
+    /// The HTTP/2 connection settings (h2 by ALPN, h2c with prior knowledge).
     pub builder_h2: Arc<auto::Builder<TokioExecutor>>,
     /// Time for the first request head of a connection.
     pub header_read: Duration,

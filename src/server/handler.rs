@@ -1,4 +1,5 @@
-//! One request, from the head the client sent to the response handed back to hyper:
+//! One request, from the head the client sent to the response handed back to the
+//! connection (the own HTTP/1.1 server, or hyper's HTTP/2 server):
 //! correlation id, client identity, the checks made before routing, routing, the route's
 //! pipeline, and the accounting wrapper on the response body.
 
@@ -167,15 +168,37 @@ impl Drop for InFlightRequest {
     }
 }
 
+/// A request's body as the connection gives it.
+pub enum ClientIn {
+    /// None (no framing field, or a length of 0).
+    Empty,
+    /// From hyper's HTTP/2 server.
+    Hyper(Incoming),
+    /// From the own HTTP/1.1 server.
+    Own(super::h1::ClientBody),
+}
+
+/// Handles one request from hyper's (HTTP/2) server.
+pub async fn handle_hyper(
+    conn: &Conn,
+    req: http::Request<Incoming>,
+) -> http::Response<ObservedBody> {
+    let (parts, body) = req.into_parts();
+    handle(conn, parts, ClientIn::Hyper(body)).await
+}
+
 /// Handles one request. Never fails: every problem is a response.
-pub async fn handle(conn: &Conn, req: http::Request<Incoming>) -> http::Response<ObservedBody> {
+pub async fn handle(
+    conn: &Conn,
+    mut parts: http::request::Parts,
+    incoming: ClientIn,
+) -> http::Response<ObservedBody> {
     let started = Instant::now();
     let rt = &conn.runtime;
     let in_flight = InFlightRequest::start(&rt.metrics);
     let (mut guard, nth) = RequestGuard::start(conn);
     let snap = rt.snapshot();
     let listener = &snap.listeners[conn.listener];
-    let (mut parts, incoming) = req.into_parts();
     // Connection-level headers go before everything else: what routes and policies see
     // and decide on is exactly what is forwarded, and a client cannot name a header a
     // policy adds in `Connection` to have it removed.
@@ -295,12 +318,18 @@ fn request_body(
     listener: &ListenerSettings,
     internal: &Arc<crate::http::internal::InternalHeaders>,
     headers: &mut http::HeaderMap,
-    incoming: Incoming,
+    incoming: ClientIn,
 ) -> (BytesIn, Option<u64>, Body) {
-    if http_body::Body::is_end_stream(&incoming) {
+    let mut body = match incoming {
+        ClientIn::Hyper(i) if !http_body::Body::is_end_stream(&i) => {
+            Body::stream(i, Side::Downstream, listener.body_idle)
+        }
+        ClientIn::Own(b) => Body::client_h1(b, listener.body_idle),
+        _ => Body::Empty,
+    };
+    if matches!(body, Body::Empty) {
         return (BytesIn::Known(0), Some(0), Body::Empty);
     }
-    let mut body = Body::stream(incoming, Side::Downstream, listener.body_idle);
     if let Some(s) = body.as_stream_mut() {
         s.strip_from_trailers(internal.clone());
     }
@@ -308,7 +337,7 @@ fn request_body(
     let length = declared
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    // hyper accepted it as decimal; forward it canonical (`010` is sent as `10`), so an
+    // The parser accepted it as decimal; forward it canonical (`010` is sent as `10`), so an
     // upstream that reads leading zeros as octal cannot frame the body differently.
     if let (Some(v), Some(n)) = (declared, length) {
         if v.len() > 1 && v.as_bytes()[0] == b'0' {

@@ -2,7 +2,8 @@
 //! (zero TCP window) leaves the gateway's writes pending; once a write has been pending
 //! for `write_idle`, the connection fails and is closed, so a slow reader cannot hold a
 //! connection, its buffers and its upstream exchange forever. Reads pass through
-//! untouched (they have their own timeouts: header read, body idle, keep-alive).
+//! untouched (they have their own timeouts: header read, body idle, keep-alive). It wraps
+//! hyper's I/O (HTTP/2) and tokio's (the own HTTP/1.1 server's write half).
 
 use std::future::Future;
 use std::io;
@@ -27,6 +28,11 @@ impl<I> WriteTimeout<I> {
             limit,
             timer: None,
         }
+    }
+
+    /// The wrapped I/O.
+    pub fn into_inner(self) -> I {
+        self.inner
     }
 
     /// Called when a write is pending: arms the timer on the first pending write, and
@@ -103,6 +109,27 @@ impl<I: hyper::rt::Write + Unpin> hyper::rt::Write for WriteTimeout<I> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.progress(cx, poll)
+    }
+}
+
+impl<I: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteTimeout<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.progress(cx, poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.progress(cx, poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
         self.progress(cx, poll)
     }
 }

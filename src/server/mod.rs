@@ -1,5 +1,6 @@
-//! Client-facing listeners: binding, the accept loop, serving HTTP/1.1 and HTTP/2 (h2c
-//! with prior knowledge) on each connection, and graceful drain.
+//! Client-facing listeners: binding, the accept loop, serving HTTP/1.1 (turnpike's own
+//! server, [`h1`]) and HTTP/2 (hyper's; h2 by ALPN, h2c with prior knowledge told apart
+//! by the connection's first bytes) on each connection, and graceful drain.
 //!
 //! On shutdown the accept loops stop first (new connections are refused), then every open
 //! connection is asked to finish: HTTP/1.1 connections close after their current
@@ -9,6 +10,7 @@
 pub mod checks;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod h1;
 pub mod handler;
 pub mod io;
 pub mod normalize;
@@ -54,41 +56,16 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Applies a listener's HTTP/1.1 settings to hyper's HTTP/1 builder, or to the HTTP/1
-/// half of hyper-util's auto builder (the two have the same methods, not a common type).
-macro_rules! http1_settings {
-    ($b:expr, $l:expr) => {{
-        let lim = &$l.limits;
-        $b.timer(TokioTimer::new())
-            .header_read_timeout($l.timeouts.header_read.0)
-            .keep_alive(true)
-            .max_headers(lim.max_header_count)
-            // hyper answers 431 itself once a head outgrows its read buffer. Leave room
-            // for the longest allowed target on top of the header block, so that a long
-            // URI gets its 414 and a large header block its 431 from our own checks,
-            // which count both exactly.
-            .max_buf_size(head_limit($l) + lim.max_uri.0 as usize + 1024);
-    }};
-}
-
-/// The request head limit given to hyper (HTTP/1 buffer, HTTP/2 header list).
+/// The request head limit given to hyper's HTTP/2 server (its header list).
 fn head_limit(l: &crate::config::ListenerSpec) -> usize {
     (l.limits.max_header_bytes.0 as usize).max(8192)
 }
 
-/// The HTTP/1.1-only connection settings of a listener, for TLS connections that chose
-/// `http/1.1` by ALPN.
-pub fn http1_builder(l: &crate::config::ListenerSpec) -> hyper::server::conn::http1::Builder {
-    let mut b = hyper::server::conn::http1::Builder::new();
-    http1_settings!(b, l);
-    b
-}
-
-/// The HTTP/1.1 + HTTP/2 connection settings of a listener (limits, timeouts).
-pub fn http_builder(l: &crate::config::ListenerSpec) -> auto::Builder<TokioExecutor> {
+/// The HTTP/2 connection settings of a listener (limits, timeouts), for h2 chosen by
+/// ALPN and h2c with prior knowledge. HTTP/1.1 is served by [`h1`].
+pub fn http2_builder(l: &crate::config::ListenerSpec) -> auto::Builder<TokioExecutor> {
     let lim = &l.limits;
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    http1_settings!(b.http1(), l);
+    let mut b = auto::Builder::new(TokioExecutor::new()).http2_only();
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(lim.h2_max_concurrent_streams)
@@ -271,84 +248,111 @@ async fn serve(
     let metrics = shared.runtime.metrics.clone();
     metrics.connections_total.fetch_add(1, Relaxed);
     metrics.connections_active.fetch_add(1, Relaxed);
-    // A connection that sends nothing is closed at the first-byte timeout: hyper's
-    // protocol detection (and the TLS handshake) would otherwise wait forever.
-    let mut first = [0u8; 1];
-    let first_byte = tokio::time::timeout(settings.first_byte, stream.peek(&mut first)).await;
-    if matches!(first_byte, Ok(Ok(n)) if n > 0) {
-        let conn = |scheme, tls| {
-            Arc::new(Conn {
-                runtime: shared.runtime.clone(),
-                listener: index,
-                listener_name: name.clone(),
-                scheme,
-                peer,
-                peer_text: crate::http::forwarded::ip_text(peer.ip()),
-                signal: shared.connections.register(),
-                stats: ConnStats::default(),
-                tls,
-                progress: Default::default(),
-                slot: slot.clone(),
-            })
-        };
-        match &settings.tls {
-            None => {
-                let io = io::WriteTimeout::new(TokioIo::new(stream), settings.write_idle);
-                serve_http(io, &conn("http", None), &settings).await;
+    let conn = |scheme, tls| {
+        Arc::new(Conn {
+            runtime: shared.runtime.clone(),
+            listener: index,
+            listener_name: name.clone(),
+            scheme,
+            peer,
+            peer_text: crate::http::forwarded::ip_text(peer.ip()),
+            signal: shared.connections.register(),
+            stats: ConnStats::default(),
+            tls,
+            progress: Default::default(),
+            slot: slot.clone(),
+        })
+    };
+    // A connection that sends nothing is closed at the first-byte timeout.
+    match &settings.tls {
+        None => {
+            let mut stream = stream;
+            let sniffed = tokio::time::timeout(settings.first_byte, h1::sniff(&mut stream)).await;
+            if let Ok(Ok((first, h2))) = sniffed {
+                if first.is_empty() {
+                    // Closed without a byte.
+                } else if h2 {
+                    serve_h2(stream, first, &conn("http", None), &settings).await;
+                } else {
+                    let stream = h1::ClientStream::Tcp(stream);
+                    h1::serve(stream, first, &conn("http", None), &settings).await;
+                }
             }
-            Some(tls) => match tls.accept(stream, settings.handshake).await {
-                Ok((stream, info)) => {
-                    let io = io::WriteTimeout::new(TokioIo::new(stream), settings.write_idle);
-                    serve_http(io, &conn("https", Some(Arc::new(info))), &settings).await;
+        }
+        Some(tls) => {
+            let mut first = [0u8; 1];
+            let first_byte =
+                tokio::time::timeout(settings.first_byte, stream.peek(&mut first)).await;
+            if matches!(first_byte, Ok(Ok(n)) if n > 0) {
+                match tls.accept(stream, settings.handshake).await {
+                    Ok((stream, info)) => {
+                        let conn = conn("https", Some(Arc::new(info)));
+                        serve_tls(stream, &conn, &settings).await;
+                    }
+                    Err(e) => {
+                        metrics.tls_handshake_errors.fetch_add(1, Relaxed);
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    }
                 }
-                Err(e) => {
-                    metrics.tls_handshake_errors.fetch_add(1, Relaxed);
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                }
-            },
+            }
         }
     }
     metrics.connections_active.fetch_sub(1, Relaxed);
 }
 
-async fn serve_http<I>(io: I, conn: &Arc<Conn>, settings: &ListenerSettings)
-where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+/// Serves a TLS connection: HTTP/2 when ALPN chose `h2`, HTTP/1.1 when it chose
+/// `http/1.1`, and either (by the first bytes) when the client named no protocol.
+async fn serve_tls(
+    mut stream: tokio_rustls::server::TlsStream<TcpStream>,
+    conn: &Arc<Conn>,
+    settings: &ListenerSettings,
+) {
+    let (first, h2) = match conn.tls.as_ref().and_then(|t| t.alpn.as_deref()) {
+        Some(b"h2") => (bytes::BytesMut::new(), true),
+        Some(b"http/1.1") => (bytes::BytesMut::new(), false),
+        _ => match tokio::time::timeout(settings.first_byte, h1::sniff(&mut stream)).await {
+            Ok(Ok((first, h2))) if !first.is_empty() => (first, h2),
+            _ => return,
+        },
+    };
+    if h2 {
+        serve_h2(stream, first, conn, settings).await;
+    } else {
+        h1::serve(
+            h1::ClientStream::Tls(Box::new(stream)),
+            first,
+            conn,
+            settings,
+        )
+        .await;
+    }
+}
+
+/// Serves HTTP/2 (hyper's server) on `stream`, whose first bytes `first` were already
+/// read from it.
+async fn serve_h2<S>(
+    stream: S,
+    first: bytes::BytesMut,
+    conn: &Arc<Conn>,
+    settings: &ListenerSettings,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let svc = {
         let conn = conn.clone();
         service_fn(move |req| {
             let conn = conn.clone();
-            async move { Ok::<_, Infallible>(handler::handle(&conn, req).await) }
+            async move { Ok::<_, Infallible>(handler::handle_hyper(&conn, req).await) }
         })
     };
-    // A protocol chosen by ALPN is the only one served on that connection.
-    let result = match conn.tls.as_ref().and_then(|t| t.alpn.as_deref()) {
-        Some(b"h2") => {
-            let served = settings.builder_h2.serve_connection(io, svc);
-            tokio::pin!(served);
-            drive(conn, settings, served, |c| c.graceful_shutdown()).await
-        }
-        Some(b"http/1.1") => {
-            let served = settings
-                .builder_h1
-                .serve_connection(io, svc)
-                .with_upgrades();
-            tokio::pin!(served);
-            drive(conn, settings, served, |c| c.graceful_shutdown())
-                .await
-                .map_err(Into::into)
-        }
-        _ => {
-            let served = settings.builder.serve_connection_with_upgrades(io, svc);
-            tokio::pin!(served);
-            drive(conn, settings, served, |c| c.graceful_shutdown()).await
-        }
+    let stream = h1::Prefixed {
+        inner: stream,
+        prefix: first.freeze(),
     };
-    if let Err(e) = result {
+    let io = io::WriteTimeout::new(TokioIo::new(stream), settings.write_idle);
+    let served = settings.builder_h2.serve_connection(io, svc);
+    tokio::pin!(served);
+    if let Err(e) = drive(conn, settings, served, |c| c.graceful_shutdown()).await {
         tracing::debug!(peer = %conn.peer, error = %e, "client connection ended with an error");
-        if let Some((status, code)) = refusals::classify(&*e) {
-            refusals::record(conn, status, code, conn.stats.age());
-        }
     }
 }

@@ -1,16 +1,11 @@
-//! Refusals that hyper's HTTP/1.1 parser makes itself, before turnpike sees a request.
-//!
-//! hyper answers a head it cannot parse on its own (431 for too many headers or a head
-//! larger than its buffer, 414 for a target larger than its buffer, 400 for a duplicate
-//! or invalid `Content-Length`, a bad `Transfer-Encoding`, or an invalid method, target
-//! or header token) with an empty body, then ends the connection with a parse error.
-//! There is no hook to give those answers the JSON error body; what turnpike can do is
-//! see the error the connection ended with, and log and count the refusal like every
-//! other one: an access-log line (route `""`, method `-`) and `turnpike_requests_total`
-//! under the unmatched route, plus `turnpike_http1_parse_errors_total`. The own
-//! HTTP/1.1 codec (a later change) will answer these with the JSON body too.
+//! Refusals of a request head by the HTTP/1.1 server ([`super::h1`]): a head that cannot
+//! be parsed or framed (400), is too large (414, 431), asks for an unknown expectation
+//! (417) or an unsupported version (505), or does not arrive within the header timeout
+//! (408). The server answers each with the JSON error body; this module logs and counts
+//! it like every other request: an access-log line (route `""`, method `-`),
+//! `turnpike_requests_total` under the unmatched route, and
+//! `turnpike_http1_parse_errors_total`.
 
-use std::error::Error as StdError;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
@@ -19,37 +14,7 @@ use crate::telemetry::metrics::METHODS;
 
 use super::handler::Conn;
 
-/// The status hyper sent and the stable code turnpike logs for it, when `error` is one
-/// of hyper's HTTP/1.1 request parse errors.
-pub fn classify(error: &(dyn StdError + 'static)) -> Option<(u16, &'static str)> {
-    let hyper = find_hyper(error)?;
-    if !hyper.is_parse() || hyper.is_parse_status() {
-        return None;
-    }
-    // hyper's own mapping (proto/h1/role.rs, on_error): TooLarge 431, UriTooLong 414,
-    // everything else 400. `is_parse_too_large` covers both big ones; the text tells
-    // them apart (hyper's descriptions are stable strings).
-    Some(if !hyper.is_parse_too_large() {
-        (400, "bad_request")
-    } else if hyper.to_string().contains("URI") {
-        (414, "uri_too_long")
-    } else {
-        (431, "headers_too_large")
-    })
-}
-
-fn find_hyper<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a hyper::Error> {
-    let mut cur = Some(error);
-    while let Some(e) = cur {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return Some(h);
-        }
-        cur = e.source();
-    }
-    None
-}
-
-/// Logs and counts a refusal hyper made on `conn` (see the module docs).
+/// Logs and counts a refusal made on `conn` (see the module docs).
 pub fn record(conn: &Conn, status: u16, code: &'static str, age: Duration) {
     let rt = &conn.runtime;
     rt.metrics.http1_parse_errors.fetch_add(1, Relaxed);
@@ -81,15 +46,4 @@ pub fn record(conn: &Conn, status: u16, code: &'static str, age: Duration) {
         completed: true,
     });
     log.write(line);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn io_errors_are_not_refusals() {
-        let e = std::io::Error::other("reset");
-        assert_eq!(classify(&e), None);
-    }
 }

@@ -13,7 +13,6 @@ use std::time::Duration;
 use http::header::{HeaderName, HeaderValue, CONNECTION, EXPECT, HOST, UPGRADE};
 use http::uri::{PathAndQuery, Uri};
 use http::{StatusCode, Version};
-use hyper::upgrade::OnUpgrade;
 use tokio::time::Instant;
 
 use crate::config::upstream::UpstreamProtocol;
@@ -170,7 +169,7 @@ impl Forward {
         };
         self.set_headers(ctx, &mut parts.headers, host, h2, upgrade);
         let client_upgrade = if upgrade {
-            parts.extensions.remove::<OnUpgrade>()
+            parts.extensions.remove::<crate::server::h1::OnUpgrade>()
         } else {
             None
         };

@@ -17,18 +17,18 @@ use crate::upstream::InFlight;
 /// Starts the tunnel in the background; `held` (the upstream's in-flight count and the
 /// client connection's slot) is kept until it closes.
 pub fn spawn(
-    client: OnUpgrade,
+    client: crate::server::h1::OnUpgrade,
     upstream: OnUpgrade,
     idle: Duration,
     held: (InFlight, Option<crate::server::OpenGuard>),
 ) {
     tokio::spawn(async move {
         let _held = held;
-        let (client, upstream) = match tokio::join!(client, upstream) {
-            (Ok(c), Ok(u)) => (c, u),
+        let (client, upstream) = match tokio::join!(client.connection(), upstream) {
+            (Some(c), Ok(u)) => (c, u),
             (c, u) => {
                 tracing::debug!(
-                    client_ok = c.is_ok(),
+                    client_ok = c.is_some(),
                     upstream_ok = u.is_ok(),
                     "websocket upgrade failed"
                 );
@@ -38,7 +38,7 @@ pub fn spawn(
         let origin = Instant::now();
         let last = Arc::new(AtomicU64::new(0));
         let mut a = Watched {
-            io: TokioIo::new(client),
+            io: client,
             last: last.clone(),
             origin,
         };
