@@ -1144,7 +1144,7 @@ async fn refusals_made_by_the_http1_parser_are_logged_and_counted() {
     let log = dir.join("access.log");
     let gw = gateway(&format!(
         r#"
-listeners: [{{name: edge, address: "127.0.0.1:0"}}]
+listeners: [{{name: edge, address: "127.0.0.1:0", timeouts: {{header_read: 500ms}}}}]
 access_log: {{enabled: true, output: "{}"}}
 upstreams:
   cap: {{endpoints: ["{up}"]}}
@@ -1156,7 +1156,8 @@ routes:
     .await;
     let addr = gw.listener_addr("edge").unwrap();
     let many: String = (0..101).map(|i| format!("X-H{i}: v\r\n")).collect();
-    let cases: [(String, &str, &str); 3] = [
+    let long = "a".repeat(9000);
+    let cases: [(String, &str, &str); 7] = [
         (
             format!("GET /api/h HTTP/1.1\r\nHost: t\r\n{many}\r\n"),
             "431",
@@ -1173,13 +1174,37 @@ routes:
             "400",
             "bad_request",
         ),
+        (
+            format!("GET /api/{long} HTTP/1.1\r\nHost: t\r\n\r\n"),
+            "414",
+            "uri_too_long",
+        ),
+        (
+            "PUT /api/e HTTP/1.1\r\nHost: t\r\nExpect: magic\r\nContent-Length: 1\r\n\r\nx".into(),
+            "417",
+            "expectation_failed",
+        ),
+        (
+            "GET /api/x HTTP/1.1\r\nHost: t\r\nX-Half: ".into(),
+            "408",
+            "request_timeout",
+        ),
+        (
+            "GET /api/x#frag HTTP/1.1\r\nHost: t\r\n\r\n".into(),
+            "400",
+            "bad_request",
+        ),
     ];
-    for (bytes, status, _) in &cases {
+    for (bytes, status, code) in &cases {
         let text = raw(addr, bytes.as_bytes(), Duration::from_secs(5)).await;
         assert!(text.starts_with(&format!("HTTP/1.1 {status} ")), "{text}");
+        // Answered by the gateway: its JSON error, its request id, and the close.
+        assert!(text.contains(&format!("\"code\":\"{code}\"")), "{text}");
+        assert!(text.contains("\r\nx-request-id: "), "{text}");
+        assert!(text.contains("\r\nconnection: close\r\n"), "{text}");
     }
     assert_eq!(cap.text(), "", "a refused request reached the upstream");
-    let lines = eventually(Duration::from_secs(5), "three access-log lines", || {
+    let lines = eventually(Duration::from_secs(5), "seven access-log lines", || {
         let log = log.clone();
         async move {
             let text = std::fs::read_to_string(&log).ok()?;
@@ -1187,7 +1212,7 @@ routes:
                 .lines()
                 .map(|l| serde_json::from_str(l).unwrap())
                 .collect();
-            (lines.len() == 3).then_some(lines)
+            (lines.len() == 7).then_some(lines)
         }
     })
     .await;
@@ -1199,14 +1224,14 @@ routes:
     }
     assert_eq!(
         metric_value(&gw, "turnpike_http1_parse_errors_total"),
-        Some(3)
+        Some(7)
     );
     assert_eq!(
         metric_value(
             &gw,
             "turnpike_requests_total{route=\"\",method=\"OTHER\",status_class=\"4xx\",upstream=\"\"}"
         ),
-        Some(3)
+        Some(7)
     );
     drop(gw);
     let _ = std::fs::remove_dir_all(dir);

@@ -15,6 +15,7 @@ mod faults;
 mod fixtures;
 mod fuzz_corpus;
 mod grpc;
+mod h1server;
 mod h2abuse;
 mod jwt;
 mod proxy;
