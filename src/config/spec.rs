@@ -186,14 +186,15 @@ impl Default for LimitsSpec {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ListenerTimeoutsSpec {
-    /// From the first byte of a request to the end of its head; on HTTP/1.1 it also
-    /// bounds how long a keep-alive connection may wait for its next request.
+    /// From the first byte of a request to the end of its head (the first request of a
+    /// connection: from the accept); 408 past it on HTTP/1.1.
     pub header_read: Dur,
     /// A new connection that sends nothing for this long is closed.
     pub first_byte: Dur,
     /// The TLS handshake.
     pub handshake: Dur,
-    /// An HTTP/2 connection with no request in flight for this long is closed (GOAWAY).
+    /// A connection with no request in flight for this long is closed (HTTP/2: GOAWAY;
+    /// HTTP/1.1: the wait for the next request).
     pub keep_alive: Dur,
     /// Longest wait between two reads of a request body (408 past it, or the connection
     /// is closed when the response has started).

@@ -86,7 +86,7 @@ pub fn parse_response(
     let mut close = version == Version::HTTP_10;
     // Names now, values as spans of the head (sliced from it, zero-copy, once it is
     // taken from the buffer).
-    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(r.headers.len());
+    let mut spans = super::take_spans();
     for f in r.headers.iter() {
         let name = HeaderName::from_bytes(f.name.as_bytes())
             .map_err(|_| H1Error::Head(format!("field name {:?}", f.name)))?;
@@ -106,12 +106,14 @@ pub fn parse_response(
         spans.push((name, start, start + f.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, start, end) in spans {
+    // Room for the fields the gateway adds (forwarding, request id) without a regrowth.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
+    for (name, start, end) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| H1Error::Head("field value".into()))?;
         headers.append(name, value);
     }
+    super::give_spans(spans);
     if te && !chunked {
         return Err(H1Error::Framing("Transfer-Encoding without chunked"));
     }

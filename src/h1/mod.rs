@@ -19,6 +19,29 @@ pub use head::{
 };
 pub use request::{parse_request, HeadLimits, Refusal, RequestHead};
 
+/// A field's name and where its value is in the head.
+type Span = (http::HeaderName, usize, usize);
+
+thread_local! {
+    /// The spans of the head being parsed, reused (no allocation per head).
+    static SPANS: std::cell::RefCell<Vec<Span>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The thread's span list, empty (given back with [`give_spans`]).
+fn take_spans() -> Vec<Span> {
+    let mut v = SPANS.with(|s| std::mem::take(&mut *s.borrow_mut()));
+    v.clear();
+    v
+}
+
+/// Gives the span list back for the next head (kept only when small).
+fn give_spans(mut v: Vec<Span>) {
+    if v.capacity() <= 256 {
+        v.clear();
+        SPANS.with(|s| *s.borrow_mut() = v);
+    }
+}
+
 /// Why a message could not be framed or parsed. The text is for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum H1Error {

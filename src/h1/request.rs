@@ -148,7 +148,7 @@ pub fn parse_request(
     let mut expect_continue = false;
     // Names now, values as spans of the head, sliced from it once it is taken from the
     // buffer.
-    let mut spans: Vec<(HeaderName, usize, usize)> = Vec::with_capacity(r.headers.len());
+    let mut spans = super::take_spans();
     for f in r.headers.iter() {
         let name =
             HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| bad("invalid field name"))?;
@@ -180,12 +180,14 @@ pub fn parse_request(
         spans.push((name, start, start + f.value.len()));
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(spans.len());
-    for (name, start, end) in spans {
+    // Room for the fields the gateway adds (forwarding, request id) without a regrowth.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 8);
+    for (name, start, end) in spans.drain(..) {
         let value = HeaderValue::from_maybe_shared(head.slice(start..end))
             .map_err(|_| bad("invalid field value"))?;
         headers.append(name, value);
     }
+    super::give_spans(spans);
     let uri = http::Uri::from_maybe_shared(head.slice(target_span.0..target_span.1))
         .map_err(|_| bad("invalid request target"))?;
     if te_lines > 0 {

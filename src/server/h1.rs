@@ -50,10 +50,16 @@ use crate::http::GatewayError;
 use crate::runtime::snapshot::ListenerSettings;
 use crate::telemetry::exchange::ObservedBody;
 
-/// Read-buffer size: grown only when a head or a chunk line needs more.
+/// The first read buffer of a request: enough for most heads, and small enough for the
+/// allocator's per-thread cache (glibc's tcache ends at 1032 bytes).
+const HEAD_CHUNK: usize = 1024;
+/// Read-buffer growth once a head or a body needs more.
 const READ_CHUNK: usize = 8 * 1024;
 /// Response bytes gathered before a write.
 const COALESCE: usize = 64 * 1024;
+/// What the write buffer starts with: a response head and a small body (in the
+/// allocator's per-thread cache, as `HEAD_CHUNK`).
+const HEAD_RESERVE: usize = 1024;
 /// How long, and how much, a closing connection reads and drops of what its client
 /// still sends.
 const LINGER: Duration = Duration::from_secs(1);
@@ -131,8 +137,37 @@ pub enum Writer {
     Tcp(OwnedWriteHalf),
     /// TLS.
     Tls(tokio::io::WriteHalf<TlsStream<TcpStream>>),
+    /// Handed over (to a WebSocket tunnel): writes fail.
+    Gone,
 }
-delegate_write!(Writer, Tcp, Tls);
+
+impl AsyncWrite for Writer {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Gone => Poll::Ready(Err(io::ErrorKind::NotConnected.into())),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s).poll_flush(cx),
+            Self::Gone => Poll::Ready(Ok(())),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
 delegate_io!(ClientStream, Tcp, Tls);
 delegate_write!(ClientStream, Tcp, Tls);
 
@@ -154,7 +189,9 @@ impl Inbound {
                 }
             }
         }
-        if self.buf.capacity() - self.buf.len() < 1024 {
+        if self.buf.capacity() == 0 {
+            self.buf.reserve(HEAD_CHUNK);
+        } else if self.buf.capacity() - self.buf.len() < 512 {
             self.buf.reserve(READ_CHUNK);
         }
         let polled = tokio_util::io::poll_read_buf(Pin::new(&mut self.reader), cx, &mut self.buf);
@@ -409,123 +446,192 @@ impl Out {
     }
 }
 
-/// Serves HTTP/1.1 on `stream` until the connection closes, is drained or goes idle.
-/// `first`: bytes already read from it (protocol detection).
-pub async fn serve(
-    stream: ClientStream,
-    first: BytesMut,
-    conn: &Arc<Conn>,
-    settings: &ListenerSettings,
-) {
-    let tls = matches!(stream, ClientStream::Tls(_));
-    let (reader, writer) = stream.split();
-    let mut inbound = Some(Inbound { reader, buf: first });
-    let mut out = Out {
-        io: WriteTimeout::new(writer, settings.write_idle),
-        buf: Vec::new(),
-        tls,
-    };
-    let limits = HeadLimits {
-        head: settings.max_header_bytes,
-        target: settings.max_uri,
-        fields: settings.max_header_count.min(h1::request::MAX_FIELDS),
-    };
-    let mut home: Option<Home> = None;
-    let mut seen = 0u8;
-    while let Some(mut inb) = inbound.take() {
-        let head = match read_head(&mut inb, &mut out, conn, settings, limits, &mut seen).await {
-            Ok(head) => head,
-            Err(Close::Quiet) => return,
-            Err(Close::Linger) => return linger(inb, out).await,
-        };
-        let method = head.method.clone();
-        let version = head.version;
-        let asked_close = !head.keep_alive;
-        let (upgrade_tx, on_upgrade) = if head.headers.contains_key(UPGRADE) {
-            let (tx, rx) = oneshot::channel();
-            (Some(tx), Some(OnUpgrade(Arc::new(Mutex::new(Some(rx))))))
-        } else {
-            (None, None)
-        };
-        let expect = (head.expect_continue && head.framing != RequestFraming::None)
-            .then(|| Arc::new(Notify::new()));
-        let mut request = http::Request::new(());
-        *request.method_mut() = head.method;
-        *request.uri_mut() = head.uri;
-        *request.version_mut() = head.version;
-        *request.headers_mut() = head.headers;
-        if let Some(u) = on_upgrade {
-            request.extensions_mut().insert(u);
+/// A connection's state between requests: everything [`serve`] keeps, in one value that
+/// the connection's future holds in place (an async fn's arguments stay in its future
+/// for its whole life, so the state is passed in, not rebuilt from them).
+pub struct Session {
+    inbound: Option<Inbound>,
+    out: Out,
+    limits: HeadLimits,
+    home: Option<Home>,
+    seen: u8,
+}
+
+impl Session {
+    /// A session on `stream`, whose first bytes `first` were already read from it.
+    pub fn new(stream: ClientStream, first: BytesMut, settings: &ListenerSettings) -> Self {
+        let tls = matches!(stream, ClientStream::Tls(_));
+        let (reader, writer) = stream.split();
+        Self {
+            inbound: Some(Inbound { reader, buf: first }),
+            out: Out {
+                io: WriteTimeout::new(writer, settings.write_idle),
+                buf: Vec::new(),
+                tls,
+            },
+            limits: HeadLimits {
+                head: settings.max_header_bytes,
+                target: settings.max_uri,
+                fields: settings.max_header_count.min(h1::request::MAX_FIELDS),
+            },
+            home: None,
+            seen: 0,
         }
-        let (parts, ()) = request.into_parts();
-        // The read side stays here (no body) or goes with the body.
-        let (mut here, body) = match head.framing {
-            RequestFraming::None => (Some(inb), ClientIn::Empty),
-            framing => {
-                let home = home.get_or_insert_with(Default::default).clone();
-                (
-                    None,
-                    ClientIn::Own(ClientBody::new(inb, framing, home, expect.clone())),
-                )
-            }
+    }
+}
+
+/// Serves HTTP/1.1 on a session until the connection closes, is drained or goes idle.
+pub async fn serve(s: &mut Session, conn: &Arc<Conn>, settings: &ListenerSettings) {
+    // One timer for the connection's life, armed for the earliest deadline it may have
+    // and moved only when it fires early (see `read_head`): no timer-wheel work per
+    // request.
+    let timer = tokio::time::sleep(settings.header_read.min(settings.keep_alive));
+    tokio::pin!(timer);
+    // What ends the loop is acted on after it: nothing matched in it stays alive across
+    // an await, so the connection's future keeps no request head while it waits.
+    let end = loop {
+        let Some(inb) = s.inbound.as_mut() else {
+            break Next::Drop;
         };
-        let handling = Box::pin(handler::handle(conn, parts, body));
-        let Some(resp) = await_response(
-            handling,
-            &mut here,
-            &mut out,
+        let head = match read_head(
+            inb,
+            &mut s.out,
             conn,
-            &expect,
-            &mut seen,
-            limits.head,
+            settings,
+            s.limits,
+            &mut s.seen,
+            timer.as_mut(),
         )
         .await
-        else {
-            return;
-        };
-        // The read side, back: a body that did not end where its framing said leaves
-        // bytes of the client's that must never be read as the next request.
-        let (inb, whole) = match here.take() {
-            Some(inb) => (Some(inb), true),
-            None => match home.as_ref().and_then(|h| h.lock().ok()?.take()) {
-                Some((inb, whole)) => (Some(inb), whole),
-                None => (None, false),
+        {
+            Ok(head) => head,
+            Err(Close::Quiet) => break Next::Drop,
+            Err(Close::Linger) => match s.inbound.take() {
+                Some(inb) => break Next::Linger(inb),
+                None => break Next::Drop,
             },
         };
-        let (parts, body) = resp.into_parts();
-        let upgrading = upgrade_tx.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
-        let keep = whole
-            && !asked_close
-            && seen < signal::GRACEFUL
-            && !closes(&parts.headers)
-            && inb.is_some();
-        let written = write_response(
-            &mut out, parts, body, &method, version, keep, upgrading, conn, &mut seen,
-        )
-        .await;
-        match (written, inb) {
-            (Ok(true), Some(inb)) if upgrading => {
-                let early = inb.buf.freeze();
-                if let (Some(tx), Some(stream)) = (
-                    upgrade_tx,
-                    ClientStream::unsplit(inb.reader, out.io.into_inner()),
-                ) {
-                    let _ = tx.send(Upgraded { stream, early });
-                }
-                return;
-            }
-            (Ok(true), Some(mut inb)) if keep && seen < signal::GRACEFUL => {
+        let Some(inb) = s.inbound.take() else {
+            break Next::Drop;
+        };
+        // The request's state, boxed: the connection's task stays small while it waits
+        // for the next request.
+        match Box::pin(exchange(head, inb, s, conn)).await {
+            Next::Keep(mut inb) => {
                 inb.release();
-                out.release();
-                inbound = Some(inb);
+                s.out.release();
+                s.inbound = Some(inb);
             }
-            (Ok(_), Some(inb)) if !whole => return linger(inb, out).await,
-            (Ok(_), _) => {
-                let _ = out.io.shutdown().await;
-                return;
-            }
-            (Err(_), _) => return,
+            other => break other,
         }
+    };
+    match end {
+        Next::Upgrade(inb, tx) => {
+            let early = inb.buf.freeze();
+            let writer = std::mem::replace(
+                &mut s.out.io,
+                WriteTimeout::new(Writer::Gone, Duration::ZERO),
+            );
+            if let Some(stream) = ClientStream::unsplit(inb.reader, writer.into_inner()) {
+                let _ = tx.send(Upgraded { stream, early });
+            }
+        }
+        Next::Linger(inb) => Box::pin(linger(inb, &mut s.out)).await,
+        Next::Close => {
+            let _ = s.out.io.shutdown().await;
+        }
+        Next::Keep(_) | Next::Drop => {}
+    }
+}
+
+/// What a connection does after an exchange.
+enum Next {
+    /// Read the next request.
+    Keep(Inbound),
+    /// Hand the connection to the tunnel (a `101` was written).
+    Upgrade(Inbound, oneshot::Sender<Upgraded>),
+    /// Close, reading for a moment what the client still sends.
+    Linger(Inbound),
+    /// Close (FIN).
+    Close,
+    /// Drop the connection now (the client left, the write failed, abort).
+    Drop,
+}
+
+/// One exchange: the request handed to the handler, the response written.
+async fn exchange(head: h1::RequestHead, inb: Inbound, s: &mut Session, conn: &Arc<Conn>) -> Next {
+    let Session {
+        out,
+        home,
+        seen,
+        limits,
+        ..
+    } = s;
+    let method = head.method.clone();
+    let version = head.version;
+    let asked_close = !head.keep_alive;
+    let (upgrade_tx, on_upgrade) = if head.headers.contains_key(UPGRADE) {
+        let (tx, rx) = oneshot::channel();
+        (Some(tx), Some(OnUpgrade(Arc::new(Mutex::new(Some(rx))))))
+    } else {
+        (None, None)
+    };
+    let expect = (head.expect_continue && head.framing != RequestFraming::None)
+        .then(|| Arc::new(Notify::new()));
+    let mut request = http::Request::new(());
+    *request.method_mut() = head.method;
+    *request.uri_mut() = head.uri;
+    *request.version_mut() = head.version;
+    *request.headers_mut() = head.headers;
+    if let Some(u) = on_upgrade {
+        request.extensions_mut().insert(u);
+    }
+    let (parts, ()) = request.into_parts();
+    // The read side stays here (no body) or goes with the body.
+    let (mut here, body) = match head.framing {
+        RequestFraming::None => (Some(inb), ClientIn::Empty),
+        framing => {
+            let home = home.get_or_insert_with(Default::default).clone();
+            (
+                None,
+                ClientIn::Own(ClientBody::new(inb, framing, home, expect.clone())),
+            )
+        }
+    };
+    let handling = handler::handle(conn, parts, body);
+    let Some(resp) =
+        await_response(handling, &mut here, out, conn, &expect, seen, limits.head).await
+    else {
+        return Next::Drop;
+    };
+    // The read side, back: a body that did not end where its framing said leaves
+    // bytes of the client's that must never be read as the next request.
+    let (inb, whole) = match here.take() {
+        Some(inb) => (Some(inb), true),
+        None => match home.as_ref().and_then(|h| h.lock().ok()?.take()) {
+            Some((inb, whole)) => (Some(inb), whole),
+            None => (None, false),
+        },
+    };
+    let (parts, body) = resp.into_parts();
+    let upgrading = upgrade_tx.is_some() && parts.status == StatusCode::SWITCHING_PROTOCOLS;
+    let keep = whole
+        && !asked_close
+        && *seen < signal::GRACEFUL
+        && !closes(&parts.headers)
+        && inb.is_some();
+    let written = write_response(
+        out, parts, body, &method, version, keep, upgrading, conn, seen,
+    )
+    .await;
+    match (written, inb, upgrade_tx) {
+        (Ok(true), Some(inb), Some(tx)) if upgrading => Next::Upgrade(inb, tx),
+        (Ok(true), Some(inb), _) if keep && conn.signal.level() < signal::GRACEFUL => {
+            Next::Keep(inb)
+        }
+        (Ok(_), Some(inb), _) if !whole => Next::Linger(inb),
+        (Ok(_), _, _) => Next::Close,
+        (Err(_), _, _) => Next::Drop,
     }
 }
 
@@ -539,6 +645,7 @@ enum Close {
 
 /// Reads the next request head: parsed, refused (answered), or the connection ends
 /// (EOF, the keep-alive or header timeout, the drain signal).
+#[allow(clippy::too_many_arguments)]
 async fn read_head(
     inb: &mut Inbound,
     out: &mut Out,
@@ -546,34 +653,39 @@ async fn read_head(
     settings: &ListenerSettings,
     limits: HeadLimits,
     seen: &mut u8,
+    mut timer: Pin<&mut tokio::time::Sleep>,
 ) -> Result<h1::RequestHead, Close> {
     let waiting_from = Instant::now();
     // The first head's time counts from the accept; later ones from their first byte.
     let mut head_from = if conn.stats.requests() == 0 {
-        Some(waiting_from - conn.stats.age())
+        Some(
+            waiting_from
+                .checked_sub(conn.stats.age())
+                .unwrap_or(waiting_from),
+        )
     } else {
         None
     };
-    let sleep = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(sleep);
     loop {
         if !inb.buf.is_empty() {
-            match h1::parse_request(&mut inb.buf, limits) {
+            let refused = match h1::parse_request(&mut inb.buf, limits) {
                 Ok(Some(head)) => return Ok(head),
                 Ok(None) => {
                     head_from.get_or_insert_with(Instant::now);
+                    None
                 }
-                Err(refusal) => {
-                    let e = match refusal.status.as_u16() {
-                        414 => GatewayError::UriTooLong,
-                        431 => GatewayError::HeadersTooLarge,
-                        505 => GatewayError::VersionNotSupported,
-                        417 => GatewayError::ExpectationFailed,
-                        _ => GatewayError::BadRequest(refusal.reason),
-                    };
-                    refuse(out, conn, e).await;
-                    return Err(Close::Linger);
-                }
+                Err(refusal) => Some(match refusal.status.as_u16() {
+                    414 => GatewayError::UriTooLong,
+                    431 => GatewayError::HeadersTooLarge,
+                    505 => GatewayError::VersionNotSupported,
+                    417 => GatewayError::ExpectationFailed,
+                    _ => GatewayError::BadRequest(refusal.reason),
+                }),
+            };
+            // Refusals are rare: their state is boxed, not part of every connection's.
+            if let Some(e) = refused {
+                Box::pin(refuse(out, conn, e)).await;
+                return Err(Close::Linger);
             }
         }
         if *seen >= signal::GRACEFUL && inb.buf.is_empty() {
@@ -583,7 +695,11 @@ async fn read_head(
             Some(t) => t + settings.header_read,
             None => waiting_from + settings.keep_alive,
         };
-        sleep.as_mut().reset(deadline);
+        // The timer may fire early (it is not moved per request): it is moved then, to
+        // the deadline that holds now. One that would fire late is moved earlier.
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
         tokio::select! {
             biased;
             level = conn.signal.above(*seen) => {
@@ -596,11 +712,15 @@ async fn read_head(
                 Ok(0) | Err(_) => return Err(Close::Quiet),
                 Ok(_) => {}
             },
-            () = &mut sleep => {
+            () = timer.as_mut() => {
+                if Instant::now() < deadline {
+                    timer.as_mut().reset(deadline);
+                    continue;
+                }
                 if inb.buf.is_empty() {
                     return Err(Close::Quiet);
                 }
-                refuse(out, conn, GatewayError::HeadTimeout).await;
+                Box::pin(refuse(out, conn, GatewayError::HeadTimeout)).await;
                 return Err(Close::Linger);
             }
         }
@@ -640,7 +760,7 @@ async fn refuse(out: &mut Out, conn: &Conn, e: GatewayError) {
 /// Waits for the handler's response while watching the connection: the drain signal,
 /// `100 Continue` owed to the body, and (the read side being here) the client's close.
 async fn await_response<F>(
-    mut handling: Pin<Box<F>>,
+    handling: F,
     here: &mut Option<Inbound>,
     out: &mut Out,
     conn: &Conn,
@@ -651,9 +771,7 @@ async fn await_response<F>(
 where
     F: std::future::Future<Output = http::Response<ObservedBody>>,
 {
-    if let Some(resp) = handling.as_mut().now_or_never() {
-        return Some(resp);
-    }
+    tokio::pin!(handling);
     let mut continued = false;
     loop {
         let watch_client = here.as_ref().is_some_and(|i| i.buf.len() < max_buffered);
@@ -812,6 +930,8 @@ async fn write_response(
     };
     let keep = keep && framing != ResponseFraming::Close;
     out.buf.clear();
+    // One allocation for a head and a small body (the buffer was freed while idle).
+    out.buf.reserve(HEAD_RESERVE);
     encode_head(
         &mut out.buf,
         status,
@@ -931,7 +1051,7 @@ async fn put(out: &mut Out, data: &Bytes) -> io::Result<()> {
 /// Closes a connection whose client may still be sending: the write side first (the
 /// client sees the end of the response), then what still arrives is read and dropped
 /// for a moment, so that the close is not a reset that destroys the response.
-async fn linger(mut inb: Inbound, mut out: Out) {
+async fn linger(mut inb: Inbound, out: &mut Out) {
     let _ = out.io.shutdown().await;
     let mut scratch = vec![0u8; 16 * 1024];
     let mut dropped = 0;

@@ -204,12 +204,44 @@ pub async fn accept_loop(
         let guard = OpenGuard {
             _slot: Arc::new(OpenSlot(open.clone())),
         };
-        let shared = shared.clone();
-        let name = name.clone();
-        shared.tracker.clone().spawn(async move {
-            serve(stream, peer, &shared, index, name, settings, guard).await;
-        });
+        let tracker = shared.tracker.clone();
+        if settings.tls.is_none() {
+            // The common case, spawned with as little state as it needs.
+            let conn = new_conn(&shared, index, &name, peer, "http", None, guard);
+            tracker.spawn(serve_plain(stream, conn, settings));
+        } else {
+            let shared = shared.clone();
+            let name = name.clone();
+            tracker.spawn(async move {
+                serve_tls_conn(stream, peer, &shared, index, name, settings, guard).await;
+            });
+        }
     }
+}
+
+/// A client connection's shared state.
+fn new_conn(
+    shared: &Shared,
+    index: usize,
+    name: &Arc<str>,
+    peer: SocketAddr,
+    scheme: &'static str,
+    tls: Option<Arc<crate::tls::server::TlsInfo>>,
+    slot: OpenGuard,
+) -> Arc<Conn> {
+    Arc::new(Conn {
+        runtime: shared.runtime.clone(),
+        listener: index,
+        listener_name: name.clone(),
+        scheme,
+        peer,
+        peer_text: crate::http::forwarded::ip_text(peer.ip()),
+        signal: shared.connections.register(),
+        stats: ConnStats::default(),
+        tls,
+        progress: Default::default(),
+        slot,
+    })
 }
 
 /// Open connections of one listener, and a wake-up when one closes.
@@ -235,8 +267,8 @@ impl Drop for OpenSlot {
     }
 }
 
-/// Serves one client connection until it closes, is drained, or goes idle.
-async fn serve(
+/// Serves one TLS client connection until it closes, is drained, or goes idle.
+async fn serve_tls_conn(
     stream: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
@@ -248,56 +280,64 @@ async fn serve(
     let metrics = shared.runtime.metrics.clone();
     metrics.connections_total.fetch_add(1, Relaxed);
     metrics.connections_active.fetch_add(1, Relaxed);
-    let conn = |scheme, tls| {
-        Arc::new(Conn {
-            runtime: shared.runtime.clone(),
-            listener: index,
-            listener_name: name.clone(),
-            scheme,
-            peer,
-            peer_text: crate::http::forwarded::ip_text(peer.ip()),
-            signal: shared.connections.register(),
-            stats: ConnStats::default(),
-            tls,
-            progress: Default::default(),
-            slot: slot.clone(),
-        })
-    };
-    // A connection that sends nothing is closed at the first-byte timeout.
-    match &settings.tls {
-        None => {
-            let mut stream = stream;
-            let sniffed = tokio::time::timeout(settings.first_byte, h1::sniff(&mut stream)).await;
-            if let Ok(Ok((first, h2))) = sniffed {
-                if first.is_empty() {
-                    // Closed without a byte.
-                } else if h2 {
-                    serve_h2(stream, first, &conn("http", None), &settings).await;
-                } else {
-                    let stream = h1::ClientStream::Tcp(stream);
-                    h1::serve(stream, first, &conn("http", None), &settings).await;
-                }
-            }
-        }
-        Some(tls) => {
-            let mut first = [0u8; 1];
-            let first_byte =
-                tokio::time::timeout(settings.first_byte, stream.peek(&mut first)).await;
-            if matches!(first_byte, Ok(Ok(n)) if n > 0) {
-                match tls.accept(stream, settings.handshake).await {
-                    Ok((stream, info)) => {
-                        let conn = conn("https", Some(Arc::new(info)));
-                        serve_tls(stream, &conn, &settings).await;
-                    }
-                    Err(e) => {
-                        metrics.tls_handshake_errors.fetch_add(1, Relaxed);
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    }
-                }
-            }
-        }
+    if let Some(tls) = settings.tls.clone() {
+        let made = |info| new_conn(shared, index, &name, peer, "https", Some(info), slot);
+        accept_tls(stream, tls, &settings, &metrics, made).await;
     }
     metrics.connections_active.fetch_sub(1, Relaxed);
+}
+
+/// Serves a plain connection until it closes, is drained, or goes idle: HTTP/2 when its
+/// first bytes are the h2 preface (prior knowledge), HTTP/1.1 otherwise. A connection
+/// that sends nothing is closed at the first-byte timeout.
+async fn serve_plain(mut stream: TcpStream, conn: Arc<Conn>, settings: Arc<ListenerSettings>) {
+    let metrics = &conn.runtime.metrics;
+    metrics.connections_total.fetch_add(1, Relaxed);
+    metrics.connections_active.fetch_add(1, Relaxed);
+    // Silent past the first-byte timeout, closed, or failed: `None`.
+    let sniffed = match tokio::time::timeout(settings.first_byte, h1::sniff(&mut stream)).await {
+        Ok(Ok((first, h2))) if !first.is_empty() => Some((first, h2)),
+        _ => None,
+    };
+    if let Some((first, h2)) = sniffed {
+        if h2 {
+            Box::pin(serve_h2(stream, first, &conn, &settings)).await;
+        } else {
+            let mut session = h1::Session::new(h1::ClientStream::Tcp(stream), first, &settings);
+            h1::serve(&mut session, &conn, &settings).await;
+        }
+    }
+    conn.runtime
+        .metrics
+        .connections_active
+        .fetch_sub(1, Relaxed);
+}
+
+/// The TLS handshake (after a first byte within the first-byte timeout), then
+/// [`serve_tls`].
+async fn accept_tls(
+    stream: TcpStream,
+    tls: Arc<crate::tls::server::ServerTls>,
+    settings: &ListenerSettings,
+    metrics: &crate::telemetry::metrics::Metrics,
+    conn: impl FnOnce(Arc<crate::tls::server::TlsInfo>) -> Arc<Conn>,
+) {
+    let mut first = [0u8; 1];
+    let first_byte = tokio::time::timeout(settings.first_byte, stream.peek(&mut first)).await;
+    if !matches!(first_byte, Ok(Ok(n)) if n > 0) {
+        return;
+    }
+    let peer = stream.peer_addr().ok();
+    match tls.accept(stream, settings.handshake).await {
+        Ok((stream, info)) => {
+            let conn = conn(Arc::new(info));
+            serve_tls(stream, &conn, settings).await;
+        }
+        Err(e) => {
+            metrics.tls_handshake_errors.fetch_add(1, Relaxed);
+            tracing::debug!(peer = ?peer, error = %e, "TLS handshake failed");
+        }
+    }
 }
 
 /// Serves a TLS connection: HTTP/2 when ALPN chose `h2`, HTTP/1.1 when it chose
@@ -318,13 +358,9 @@ async fn serve_tls(
     if h2 {
         serve_h2(stream, first, conn, settings).await;
     } else {
-        h1::serve(
-            h1::ClientStream::Tls(Box::new(stream)),
-            first,
-            conn,
-            settings,
-        )
-        .await;
+        let mut session =
+            h1::Session::new(h1::ClientStream::Tls(Box::new(stream)), first, settings);
+        h1::serve(&mut session, conn, settings).await;
     }
 }
 
