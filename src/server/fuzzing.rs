@@ -264,3 +264,167 @@ mod tests {
         http1_head(b"OPTIONS * HTTP/1.1\r\nHost: t\r\n\r\n");
     }
 }
+
+/// One request as a server delivered it: method, target, body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The method.
+    pub method: String,
+    /// The target, as the `http` crate prints it.
+    pub target: String,
+    /// The whole body.
+    pub body: Vec<u8>,
+}
+
+/// A client's whole byte stream through turnpike's own server codec, sans I/O: the heads
+/// (`h1::parse_request`) and bodies (length or chunked) in order, as the server reads
+/// them. Stops at the first refusal (`true`: refused), at an incomplete message, or after
+/// a message that closes the connection.
+pub fn own_stream(data: &[u8]) -> (Vec<Delivered>, bool) {
+    use crate::h1::{parse_request, ChunkedDecoder, Decoded, HeadLimits, RequestFraming};
+    let mut buf = bytes::BytesMut::from(data);
+    let mut out = Vec::new();
+    loop {
+        if buf.is_empty() {
+            return (out, false);
+        }
+        let head = match parse_request(&mut buf, HeadLimits::default()) {
+            Ok(Some(head)) => head,
+            Ok(None) => return (out, false),
+            Err(_) => return (out, true),
+        };
+        let body = match head.framing {
+            RequestFraming::None => Vec::new(),
+            RequestFraming::Length(n) => {
+                if (buf.len() as u64) < n {
+                    return (out, false);
+                }
+                buf.split_to(n as usize).to_vec()
+            }
+            RequestFraming::Chunked => {
+                let mut decoder = ChunkedDecoder::new();
+                let mut body = Vec::new();
+                loop {
+                    match decoder.decode(&mut buf) {
+                        Ok(Decoded::Data(d)) => body.extend_from_slice(&d),
+                        Ok(Decoded::End(_)) => break,
+                        Ok(Decoded::NeedMore) => return (out, false),
+                        Err(_) => return (out, true),
+                    }
+                }
+                body
+            }
+        };
+        out.push(Delivered {
+            method: head.method.to_string(),
+            target: head.uri.to_string(),
+            body,
+        });
+        if !head.keep_alive {
+            return (out, false);
+        }
+    }
+}
+
+/// The same byte stream through hyper's HTTP/1.1 server (the reference), over an
+/// in-memory pipe: what its service received, in order.
+pub fn hyper_stream(data: &[u8]) -> Vec<Delivered> {
+    use http_body_util::BodyExt;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let seen: Arc<Mutex<Vec<Delivered>>> = Arc::default();
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return Vec::new();
+    };
+    let sink = seen.clone();
+    let data = data.to_vec();
+    rt.block_on(async move {
+        let (mut client, server) = tokio::io::duplex(data.len() + 64 * 1024);
+        let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+            let sink = sink.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let body = body.collect().await.map(|b| b.to_bytes().to_vec());
+                if let Ok(body) = body {
+                    if let Ok(mut seen) = sink.lock() {
+                        seen.push(Delivered {
+                            method: parts.method.to_string(),
+                            target: parts.uri.to_string(),
+                            body,
+                        });
+                    }
+                }
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Empty::<
+                    bytes::Bytes,
+                >::new()))
+            }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .half_close(true)
+            .serve_connection(hyper_util::rt::TokioIo::new(server), svc);
+        let feed = async {
+            let _ = client.write_all(&data).await;
+            let _ = client.shutdown().await;
+            let mut sink = Vec::new();
+            let _ = client.read_to_end(&mut sink).await;
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            tokio::join!(conn, feed)
+        })
+        .await;
+    });
+    let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    seen
+}
+
+/// Differential check of a client byte stream (`../shared/reference/datapath.md` §4):
+/// wherever turnpike's server and hyper's both deliver a request, they deliver the same
+/// one (method, target, body), so the two agree on where every message ends; and
+/// turnpike never delivers a request hyper would not have (past hyper's last message,
+/// turnpike may only be stricter, never more lenient).
+pub fn h1_stream(data: &[u8]) {
+    let (own, _) = own_stream(data);
+    let reference = hyper_stream(data);
+    for (i, (a, b)) in own.iter().zip(&reference).enumerate() {
+        assert_eq!(a, b, "message {i} differs");
+    }
+    assert!(
+        own.len() <= reference.len(),
+        "turnpike delivered {} messages, hyper {}: {:?}",
+        own.len(),
+        reference.len(),
+        own.get(reference.len())
+    );
+}
+
+#[cfg(test)]
+mod stream_tests {
+    use super::*;
+
+    #[test]
+    fn pipelined_streams_agree_with_hyper() {
+        let cases: &[&[u8]] = &[
+            b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"POST /p HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabcGET /n HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\nGET /after HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"POST /c HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: Chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+            b"GET /x HTTP/1.1\nHost: t\n\nGET /y HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET /close HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\nHost: t\r\n\r\n",
+            // Refused by turnpike, and by hyper or delivered differently: turnpike stops.
+            b"POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n",
+            b"GET /ok HTTP/1.1\r\nHost: t\r\n\r\nGET /bad HTTP/1.1\r\nHost: t\r\nX: a\r\n b\r\n\r\n",
+            b"POST /z HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        ];
+        for case in cases {
+            h1_stream(case);
+        }
+        // The cases do reach both servers: the first one delivers two requests.
+        assert_eq!(own_stream(cases[0]).0.len(), 2);
+        assert_eq!(hyper_stream(cases[0]).len(), 2);
+        let (own, refused) = own_stream(cases[6]);
+        assert!(own.is_empty() && refused, "CL+TE is refused");
+    }
+}

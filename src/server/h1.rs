@@ -598,7 +598,9 @@ async fn exchange(head: h1::RequestHead, inb: Inbound, s: &mut Session, conn: &A
             )
         }
     };
+    // Pinned here, once: passed on by reference, the handler's future is not stored twice.
     let handling = handler::handle(conn, parts, body);
+    tokio::pin!(handling);
     let Some(resp) =
         await_response(handling, &mut here, out, conn, &expect, seen, limits.head).await
     else {
@@ -760,7 +762,7 @@ async fn refuse(out: &mut Out, conn: &Conn, e: GatewayError) {
 /// Waits for the handler's response while watching the connection: the drain signal,
 /// `100 Continue` owed to the body, and (the read side being here) the client's close.
 async fn await_response<F>(
-    handling: F,
+    mut handling: Pin<&mut F>,
     here: &mut Option<Inbound>,
     out: &mut Out,
     conn: &Conn,
@@ -771,7 +773,6 @@ async fn await_response<F>(
 where
     F: std::future::Future<Output = http::Response<ObservedBody>>,
 {
-    tokio::pin!(handling);
     let mut continued = false;
     loop {
         let watch_client = here.as_ref().is_some_and(|i| i.buf.len() < max_buffered);

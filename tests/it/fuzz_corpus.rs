@@ -43,3 +43,8 @@ fn http1_head_corpus() {
 fn h1_response_corpus() {
     replay("h1_response", turnpike::server::fuzzing::h1_response);
 }
+
+#[test]
+fn h1_stream_corpus() {
+    replay("h1_stream", turnpike::server::fuzzing::h1_stream);
+}
