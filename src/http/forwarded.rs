@@ -116,7 +116,15 @@ pub fn set_forwarding_headers(headers: &mut HeaderMap, hop: &Hop<'_>) {
         headers.insert(&X_REAL_IP, hop.peer_text.clone());
         let mut fwd = String::with_capacity(40 + hop.host.len());
         push_forwarded(&mut fwd, hop);
-        put(headers, &FORWARDED, &fwd);
+        // The string's own buffer becomes the value: no copy.
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from(fwd)) {
+            Ok(v) => {
+                headers.insert(&FORWARDED, v);
+            }
+            Err(_) => {
+                headers.remove(&FORWARDED);
+            }
+        }
         return;
     }
     let mut buf = String::with_capacity(64);
@@ -152,11 +160,16 @@ fn push_forwarded(buf: &mut String, hop: &Hop<'_>) {
     buf.push_str(";proto=");
     buf.push_str(hop.proto);
     buf.push_str(";host=\"");
-    for c in hop.host.to_str().unwrap_or_default().chars() {
-        if c == '"' || c == '\\' {
-            buf.push('\\');
+    let host = hop.host.to_str().unwrap_or_default();
+    if host.bytes().any(|b| b == b'"' || b == b'\\') {
+        for c in host.chars() {
+            if c == '"' || c == '\\' {
+                buf.push('\\');
+            }
+            buf.push(c);
         }
-        buf.push(c);
+    } else {
+        buf.push_str(host);
     }
     buf.push('"');
 }
