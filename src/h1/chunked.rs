@@ -7,7 +7,8 @@
 //!   hold CR, LF or NUL, and are at most 4 KiB per line;
 //! - every line ends with CRLF (a bare LF is an error: the Garden's transducer bug T13);
 //! - chunk data is followed by exactly CRLF;
-//! - trailers are field lines (parsed by httparse), at most 16 KiB in all.
+//! - trailers are field lines (parsed by httparse), at most 16 KiB and 100 fields in all
+//!   (hyper's limits: a trailer section hyper refuses is refused here too).
 //!
 //! The decoder works on the caller's read buffer and hands out data as zero-copy
 //! `Bytes` split from it.
@@ -19,6 +20,8 @@ use super::H1Error;
 
 const MAX_LINE: usize = 4096;
 const MAX_TRAILERS: usize = 16 * 1024;
+/// The most trailer fields (as many as a head may have by default).
+const MAX_TRAILER_FIELDS: usize = 100;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -145,6 +148,9 @@ impl ChunkedDecoder {
             .map_err(|_| H1Error::Chunk("invalid trailer name"))?;
         let value = http::HeaderValue::from_bytes(f.value)
             .map_err(|_| H1Error::Chunk("invalid trailer value"))?;
+        if self.trailers.len() >= MAX_TRAILER_FIELDS {
+            return Err(H1Error::Chunk("too many trailer fields"));
+        }
         self.trailers.append(name, value);
         Ok(())
     }
@@ -241,6 +247,8 @@ mod tests {
 
     #[test]
     fn hostile_bodies_are_errors() {
+        let fields: String = (0..101).map(|i| format!("t{i}: v\r\n")).collect();
+        let many_trailers = format!("1\r\na\r\n0\r\n{fields}\r\n");
         for bad in [
             &b"\r\nhello\r\n0\r\n\r\n"[..],    // no hex digit (httparse reads 0)
             b"+5\r\nhello\r\n0\r\n\r\n",       // sign
@@ -253,6 +261,7 @@ mod tests {
             b"5 x\r\nhello\r\n0\r\n\r\n",      // junk after size
             b"11111111111111111\r\n",          // 17 hex digits: overflow
             b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n", // trailer without a colon
+            many_trailers.as_bytes(),          // more trailer fields than a head may have
             b"5\r\nhello\r\n0\r\n\r",          // incomplete
         ] {
             assert!(
