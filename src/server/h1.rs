@@ -358,44 +358,9 @@ impl http_body::Body for ClientBody {
     }
 }
 
-/// A client connection after `101 Switching Protocols`: its transport, and the bytes
-/// the client sent after its request head.
-pub struct Upgraded {
-    stream: ClientStream,
-    early: Bytes,
-}
-
-impl AsyncRead for Upgraded {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if !this.early.is_empty() {
-            let n = this.early.len().min(buf.remaining());
-            buf.put_slice(&this.early.split_to(n));
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut this.stream).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Upgraded {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
-}
+/// A client connection after `101 Switching Protocols`: its transport, with the bytes
+/// the client sent after its request head read first.
+pub type Upgraded = Prefixed<ClientStream>;
 
 /// In a request's extensions when it asks for an upgrade: resolves to the client's
 /// connection once the `101` was written (the connection's loop hands it over).
@@ -533,7 +498,10 @@ pub async fn serve(s: &mut Session, conn: &Arc<Conn>, settings: &ListenerSetting
                 WriteTimeout::new(Writer::Gone, Duration::ZERO),
             );
             if let Some(stream) = ClientStream::unsplit(inb.reader, writer.into_inner()) {
-                let _ = tx.send(Upgraded { stream, early });
+                let _ = tx.send(Prefixed {
+                    inner: stream,
+                    prefix: early,
+                });
             }
         }
         Next::Linger(inb) => Box::pin(linger(inb, &mut s.out)).await,
