@@ -183,7 +183,16 @@ fn describe_upstreams(out: &mut String, target: &Target) {
         let eps: Vec<String> = spec
             .endpoints
             .iter()
-            .map(|e| format!("{} (weight {})", e.address, e.weight))
+            .map(|e| {
+                if e.priority > 0 {
+                    format!(
+                        "{} (weight {}, priority {})",
+                        e.address, e.weight, e.priority
+                    )
+                } else {
+                    format!("{} (weight {})", e.address, e.weight)
+                }
+            })
             .collect();
         let t = binding.timeouts;
         let _ = writeln!(out, "  endpoints: {}", eps.join(", "));
@@ -197,7 +206,48 @@ fn describe_upstreams(out: &mut String, target: &Target) {
             "  timeouts:  connect {:?}, request {:?}, idle {:?}",
             t.connect, t.request, t.idle
         );
+        if let Some(hc) = &spec.health_check {
+            let _ = writeln!(out, "  health:    {}", flow(hc));
+        }
+        if let Some(b) = &spec.circuit_breaker {
+            let _ = writeln!(out, "  breaker:   {}", flow(b));
+        }
+        if let Some(l) = &spec.limits {
+            let _ = writeln!(out, "  limits:    {}", flow(l));
+        }
+        match &spec.retry {
+            Some(r) => {
+                let _ = writeln!(out, "  retry:     {}", flow(r));
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "  retry:     none (only a stale pooled connection is retried)"
+                );
+            }
+        }
     }
+    if let Some(fwd) = target.forward() {
+        if let Some(h) = &fwd.hedge {
+            let _ = writeln!(out, "hedge:    {}", flow(h));
+        }
+        if let Some(f) = &fwd.fallback {
+            let action = match &f.action {
+                crate::targets::forward::FallbackAction::Respond(r) => {
+                    format!("respond {}", r.status())
+                }
+                crate::targets::forward::FallbackAction::Upstream(b) => {
+                    format!("upstream `{}`", b.cluster.name)
+                }
+            };
+            let _ = writeln!(out, "fallback: {action} on [{}]", f.on.join(", "));
+        }
+    }
+}
+
+/// A setting written on one line, as JSON (which is YAML flow style).
+fn flow<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
 }
 
 fn explain_ctx(

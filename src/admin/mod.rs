@@ -112,6 +112,16 @@ async fn route(rt: &Arc<Runtime>, req: http::Request<Incoming>) -> AdminResponse
                 serde_json::json!({"generation": snap.generation, "routes": snap.routes}),
             )
         }
+        (&Method::GET, "/upstreams") => {
+            let snap = rt.snapshot();
+            let mut clusters: Vec<_> = snap.clusters.iter().collect();
+            clusters.sort_by(|a, b| a.name.cmp(&b.name));
+            let upstreams: Vec<serde_json::Value> = clusters.iter().map(|c| c.state()).collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"generation": snap.generation, "upstreams": upstreams}),
+            )
+        }
         (&Method::POST, "/reload") => match rt.reload().await {
             Ok(generation) => json(
                 StatusCode::OK,
@@ -125,7 +135,10 @@ async fn route(rt: &Arc<Runtime>, req: http::Request<Incoming>) -> AdminResponse
                 )
             }
         },
-        (_, "/metrics" | "/healthz" | "/readyz" | "/config" | "/routes" | "/reload") => text(
+        (
+            _,
+            "/metrics" | "/healthz" | "/readyz" | "/config" | "/routes" | "/upstreams" | "/reload",
+        ) => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "application/json",
             error_json(405, "method_not_allowed", "method not allowed", ""),

@@ -40,6 +40,12 @@ pub struct RouteSpec {
     /// Timeouts for this route's upstream calls (override the upstream's).
     #[serde(default)]
     pub timeouts: TimeoutsSpec,
+    /// Another copy of a slow idempotent request to another endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hedge: Option<super::resilience::HedgeSpec>,
+    /// What answers when the upstream cannot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<super::resilience::FallbackSpec>,
     /// Allow WebSocket upgrades on this route.
     #[serde(default)]
     pub websocket: bool,

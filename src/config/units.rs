@@ -16,6 +16,33 @@ pub struct Dur(pub Duration);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Size(pub u64);
 
+/// A share written as `50%` or `12.5%` (a bare number is a percentage too), held in
+/// hundredths of a percent (basis points): `50%` is `Percent(5000)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Percent(pub u32);
+
+impl Percent {
+    /// The share as a fraction of one.
+    pub fn fraction(self) -> f64 {
+        f64::from(self.0) / 10_000.0
+    }
+}
+
+/// Parses a percentage between 0% and 100%.
+pub fn parse_percent(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let num = t.strip_suffix('%').unwrap_or(t).trim();
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid percentage `{text}`: expected a share like 50% or 12.5%"))?;
+    if !(0.0..=100.0).contains(&value) {
+        return Err(format!(
+            "invalid percentage `{text}`: must be between 0% and 100%"
+        ));
+    }
+    Ok((value * 100.0).round() as u32)
+}
+
 impl Dur {
     /// `ms` milliseconds.
     pub const fn ms(ms: u64) -> Self {
@@ -182,6 +209,29 @@ impl Serialize for Size {
     }
 }
 
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(TextOrNumber(
+            |t| parse_percent(t).map(Percent),
+            "a percentage like 50% or 12.5%",
+        ))
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let whole = self.0 / 100;
+        let frac = self.0 % 100;
+        let text = if frac == 0 {
+            format!("{whole}%")
+        } else {
+            let digits = format!("{frac:02}");
+            format!("{whole}.{}%", digits.trim_end_matches('0'))
+        };
+        s.serialize_str(&text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -208,6 +258,15 @@ mod tests {
         assert_eq!(parse_size("1MB").unwrap(), 1_000_000);
         assert_eq!(parse_size("42").unwrap(), 42);
         assert!(parse_size("1 XB").is_err());
+    }
+
+    #[test]
+    fn percentages() {
+        assert_eq!(parse_percent("50%").unwrap(), 5000);
+        assert_eq!(parse_percent("12.5%").unwrap(), 1250);
+        assert_eq!(parse_percent("20").unwrap(), 2000);
+        assert!(parse_percent("150%").unwrap_err().contains("between"));
+        assert!(parse_percent("half").is_err());
     }
 
     #[test]

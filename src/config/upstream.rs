@@ -4,6 +4,7 @@
 use serde::de::{self, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use super::resilience::{BreakerSpec, HealthCheckSpec, RetrySpec, UpstreamLimitsSpec};
 use super::units::Dur;
 
 /// A named cluster of endpoints.
@@ -31,6 +32,26 @@ pub struct UpstreamSpec {
     /// TLS to the endpoints (required for `protocol: h2`).
     #[serde(default)]
     pub tls: Option<super::tls::UpstreamTlsSpec>,
+    /// Active probes and passive outlier ejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+    /// Stop calling the upstream while it fails most calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<BreakerSpec>,
+    /// Caps on requests in flight and waiting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<UpstreamLimitsSpec>,
+    /// Retries of failed calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// The header that tells an HTTP endpoint how many milliseconds the gateway will
+    /// wait for its answer (`""`: not sent). gRPC requests get `grpc-timeout` as well.
+    #[serde(default = "default_deadline_header")]
+    pub deadline_header: String,
+}
+
+fn default_deadline_header() -> String {
+    "x-turnpike-timeout-ms".into()
 }
 
 fn default_dns_refresh() -> Dur {
@@ -44,6 +65,9 @@ pub struct EndpointSpec {
     pub address: String,
     /// Relative share of traffic (1..=1000).
     pub weight: u32,
+    /// The failover level: traffic goes to the lowest level with enough healthy
+    /// endpoints (0, the default, first).
+    pub priority: u32,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +76,8 @@ struct EndpointMap {
     address: String,
     #[serde(default = "one")]
     weight: u32,
+    #[serde(default)]
+    priority: u32,
 }
 
 fn one() -> u32 {
@@ -70,6 +96,7 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                 Ok(EndpointSpec {
                     address: v.to_string(),
                     weight: 1,
+                    priority: 0,
                 })
             }
             fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EndpointSpec, A::Error> {
@@ -77,6 +104,7 @@ impl<'de> Deserialize<'de> for EndpointSpec {
                 Ok(EndpointSpec {
                     address: m.address,
                     weight: m.weight,
+                    priority: m.priority,
                 })
             }
         }

@@ -476,6 +476,22 @@ fn check_upstream(path: &str, name: &str, up: &UpstreamSpec, p: &mut Problems) {
         p.push(format!("{path}.pool.idle_timeout"), "must be more than 0");
     }
     check_timeouts(&format!("{path}.timeouts"), &up.timeouts, p);
+    super::validate_resilience::check_upstream(path, up, p);
+}
+
+/// Checks a `respond` block at `path`.
+pub(super) fn check_respond(path: &str, resp: &super::RespondSpec, p: &mut Problems) {
+    if !(200..=599).contains(&resp.status) {
+        p.push(format!("{path}.status"), "must be between 200 and 599");
+    }
+    if resp.body.is_some() && resp.json.is_some() {
+        p.push(path.to_string(), "give `body` or `json`, not both");
+    }
+    for name in resp.headers.keys() {
+        if HeaderName::from_bytes(name.as_bytes()).is_err() {
+            p.push(format!("{path}.headers.{name}"), "not a valid header name");
+        }
+    }
 }
 
 fn check_timeouts(path: &str, t: &TimeoutsSpec, p: &mut Problems) {
@@ -510,6 +526,7 @@ fn check_route(
         }
     }
     check_match(&format!("{path}.match"), &r.matcher, p);
+    super::validate_resilience::check_route(path, r, spec, p);
     let targets = [r.upstream.is_some(), r.split.is_some(), r.respond.is_some()];
     if targets.iter().filter(|t| **t).count() != 1 {
         p.push(
@@ -556,23 +573,7 @@ fn check_route(
         }
     }
     if let Some(resp) = &r.respond {
-        if !(200..=599).contains(&resp.status) {
-            p.push(
-                format!("{path}.respond.status"),
-                "must be between 200 and 599",
-            );
-        }
-        if resp.body.is_some() && resp.json.is_some() {
-            p.push(format!("{path}.respond"), "give `body` or `json`, not both");
-        }
-        for name in resp.headers.keys() {
-            if HeaderName::from_bytes(name.as_bytes()).is_err() {
-                p.push(
-                    format!("{path}.respond.headers.{name}"),
-                    "not a valid header name",
-                );
-            }
-        }
+        check_respond(&format!("{path}.respond"), resp, p);
         if r.websocket {
             p.push(
                 format!("{path}.websocket"),

@@ -72,6 +72,12 @@ pub enum GatewayError {
     RateLimitStoreUnavailable,
     /// No endpoint of the upstream can take the request.
     NoEndpoint { upstream: String },
+    /// Every endpoint of the upstream fails its health checks or is ejected.
+    NoHealthyEndpoint { upstream: String },
+    /// The upstream's circuit breaker is open: 503 with `Retry-After`.
+    CircuitOpen { upstream: String, retry_after: u64 },
+    /// The upstream's `limits` are reached: 503.
+    UpstreamOverloaded { upstream: String },
     /// Connecting to the upstream failed or timed out.
     UpstreamConnect { upstream: String, cause: String },
     /// The upstream did not answer within the request timeout.
@@ -103,6 +109,9 @@ impl GatewayError {
             Self::Forbidden(_) | Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::NoEndpoint { .. }
+            | Self::NoHealthyEndpoint { .. }
+            | Self::CircuitOpen { .. }
+            | Self::UpstreamOverloaded { .. }
             | Self::AuthUnavailable
             | Self::ConcurrencyLimited
             | Self::RateLimitStoreUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -136,6 +145,9 @@ impl GatewayError {
             Self::ConcurrencyLimited => "concurrency_limited",
             Self::RateLimitStoreUnavailable => "rate_limit_store_unavailable",
             Self::NoEndpoint { .. } => "no_endpoint",
+            Self::NoHealthyEndpoint { .. } => "no_healthy_endpoint",
+            Self::CircuitOpen { .. } => "circuit_open",
+            Self::UpstreamOverloaded { .. } => "upstream_overloaded",
             Self::AuthUnavailable => "auth_unavailable",
             Self::UpstreamConnect { .. } => "upstream_connect_failed",
             Self::UpstreamTimeout { .. } => "upstream_timeout",
@@ -165,6 +177,9 @@ impl GatewayError {
             | Self::InsufficientScope
             | Self::RateLimited(_) => ErrorSide::Downstream,
             Self::NoEndpoint { .. }
+            | Self::NoHealthyEndpoint { .. }
+            | Self::CircuitOpen { .. }
+            | Self::UpstreamOverloaded { .. }
             | Self::UpstreamConnect { .. }
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamReset { .. }
@@ -204,6 +219,9 @@ impl GatewayError {
             Self::ConcurrencyLimited => "too many requests in progress, retry later",
             Self::RateLimitStoreUnavailable => "rate limiting is unavailable, try again later",
             Self::NoEndpoint { .. } => "no upstream endpoint available",
+            Self::NoHealthyEndpoint { .. } => "no healthy upstream endpoint available",
+            Self::CircuitOpen { .. } => "the upstream service is failing; calls are paused",
+            Self::UpstreamOverloaded { .. } => "the upstream service is at capacity, retry later",
             Self::AuthUnavailable => "authentication is unavailable, try again later",
             Self::UpstreamConnect { .. } => "could not connect to the upstream service",
             Self::UpstreamTimeout { .. } => "the upstream service did not answer in time",
@@ -248,8 +266,14 @@ impl GatewayError {
                 headers.insert(WWW_AUTHENTICATE, c);
             }
             Self::RateLimited(extra) => headers.extend(*extra),
-            Self::RateLimitStoreUnavailable => {
+            Self::RateLimitStoreUnavailable | Self::UpstreamOverloaded { .. } => {
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::CircuitOpen { retry_after, .. } => {
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.max(1)),
+                );
             }
             Self::InsufficientScope => {
                 headers.insert(

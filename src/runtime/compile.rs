@@ -20,6 +20,7 @@ use crate::policies::{BuildCx, Policy};
 use crate::router::rewrite::Rewrite;
 use crate::router::{Conditions, Entry, Pattern, RouterBuilder};
 use crate::targets::forward::via_values;
+use crate::targets::forward::{Fallback, FallbackAction};
 use crate::targets::respond::Respond;
 use crate::targets::split::Split;
 use crate::targets::{Binding, Forward, HostHeader, ProxySettings, Target, Timeouts};
@@ -451,6 +452,8 @@ fn build_target(
         },
         websocket: route.websocket,
         settings: settings.clone(),
+        hedge: route.hedge,
+        fallback: None,
     };
     let bind = |name: &str| -> Option<Binding> {
         let cluster = clusters.get(name)?.clone();
@@ -472,6 +475,23 @@ fn build_target(
             stats: env.metrics.route(&route.name, name),
         })
     };
+    let mut forward = forward;
+    if let Some(f) = &route.fallback {
+        let action = match (&f.respond, &f.upstream) {
+            (Some(r), _) => FallbackAction::Respond(Respond::build(
+                &format!("{path}.fallback.respond"),
+                r,
+                params,
+                p,
+            )?),
+            (None, Some(up)) => FallbackAction::Upstream(bind(up)?),
+            (None, None) => return None,
+        };
+        forward.fallback = Some(Fallback {
+            on: f.on.iter().map(|o| o.0.clone()).collect(),
+            action,
+        });
+    }
     if let Some(up) = &route.upstream {
         return Some(Target::Upstream {
             forward,

@@ -185,6 +185,7 @@ impl Runtime {
         let _ = tokio::time::timeout(FIRST_RESOLVE, resolving).await;
         for c in &fresh {
             c.start_refresh();
+            c.start_health_checks();
         }
         if let Ok(mut known) = self.clusters.lock() {
             known.retain(|_, w| w.strong_count() > 0);

@@ -98,7 +98,32 @@ pub struct UpstreamStats {
     /// Pooled connections found closed when taken, and requests sent again on a new
     /// connection because the pooled one closed before answering.
     pub stale_retries: AtomicU64,
+    /// Retries, by reason: connect_failure, reset, refused_stream, timeout, status.
+    pub retries: [AtomicU64; 5],
+    /// Retries not made because the retry budget was spent.
+    pub budget_exhausted: AtomicU64,
+    /// Hedged copies sent.
+    pub hedges: AtomicU64,
+    /// Endpoints ejected by outlier detection.
+    pub ejections: AtomicU64,
+    /// Times the circuit breaker opened.
+    pub breaker_opened: AtomicU64,
+    /// The breaker's state now: 0 closed, 1 open, 2 half open.
+    pub breaker_state: AtomicU64,
+    /// Requests refused at once by `limits`.
+    pub overloaded: AtomicU64,
+    /// Endpoints now: total, failing active health checks, ejected.
+    pub endpoints: [AtomicU64; 3],
 }
+
+/// The reasons of `turnpike_upstream_retries_total`, in [`UpstreamStats::retries`] order.
+pub const RETRY_REASONS: [&str; 5] = [
+    "connect_failure",
+    "reset",
+    "refused_stream",
+    "timeout",
+    "status",
+];
 
 /// Requests of one consumer, by status class. The consumers are the configuration's, so
 /// the label's cardinality is bounded by the file; requests authenticated without a
@@ -427,10 +452,68 @@ impl Metrics {
                 |s| s.stale_retries.load(Relaxed),
             ),
         ];
-        for (name, help, get) in series {
+        let resilience: [UpstreamSeries; 5] = [
+            (
+                "turnpike_upstream_retry_budget_exhausted_total",
+                "Retries and hedges not sent because the upstream's retry budget was spent.",
+                |s| s.budget_exhausted.load(Relaxed),
+            ),
+            (
+                "turnpike_upstream_hedges_total",
+                "Hedged copies of slow requests sent.",
+                |s| s.hedges.load(Relaxed),
+            ),
+            (
+                "turnpike_upstream_ejections_total",
+                "Endpoints ejected by outlier detection (passive health).",
+                |s| s.ejections.load(Relaxed),
+            ),
+            (
+                "turnpike_upstream_circuit_opened_total",
+                "Times the upstream's circuit breaker opened.",
+                |s| s.breaker_opened.load(Relaxed),
+            ),
+            (
+                "turnpike_upstream_overloaded_total",
+                "Requests refused at once because the upstream's limits were reached.",
+                |s| s.overloaded.load(Relaxed),
+            ),
+        ];
+        for (name, help, get) in series.into_iter().chain(resilience) {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
             for (up, stats) in &ups {
                 let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", escape(up), get(stats));
+            }
+        }
+        let _ = writeln!(out, "# HELP turnpike_upstream_retries_total Retries sent, by reason.\n# TYPE turnpike_upstream_retries_total counter");
+        for (up, stats) in &ups {
+            for (i, reason) in RETRY_REASONS.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "turnpike_upstream_retries_total{{upstream=\"{}\",reason=\"{reason}\"}} {}",
+                    escape(up),
+                    stats.retries[i].load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(out, "# HELP turnpike_upstream_circuit_state The circuit breaker's state: 0 closed, 1 open, 2 half open.\n# TYPE turnpike_upstream_circuit_state gauge");
+        for (up, stats) in &ups {
+            let _ = writeln!(
+                out,
+                "turnpike_upstream_circuit_state{{upstream=\"{}\"}} {}",
+                escape(up),
+                stats.breaker_state.load(Relaxed)
+            );
+        }
+        let _ = writeln!(out, "# HELP turnpike_upstream_endpoints Endpoints of the upstream: all of them, those failing active health checks, and those ejected.\n# TYPE turnpike_upstream_endpoints gauge");
+        for (up, stats) in &ups {
+            for (i, state) in ["total", "unhealthy", "ejected"].iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "turnpike_upstream_endpoints{{upstream=\"{}\",state=\"{state}\"}} {}",
+                    escape(up),
+                    stats.endpoints[i].load(Relaxed)
+                );
             }
         }
     }

@@ -7,10 +7,13 @@
 //! it without a lock.
 
 pub mod balancer;
+pub mod breaker;
 pub mod dns;
 pub mod h1;
 pub mod hash;
+pub mod health;
 pub mod pool;
+pub mod retry;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -35,10 +38,14 @@ pub struct Endpoint {
     pub host: Arc<str>,
     /// Relative share of traffic.
     pub weight: u32,
+    /// The failover level (0 first).
+    pub priority: u32,
     /// Requests in flight now.
     pub in_flight: AtomicUsize,
     /// Keep-alive connections.
     pub pool: Arc<Pool>,
+    /// Active-check verdict and outlier ejection.
+    pub health: health::Health,
 }
 
 /// Counts a request against an endpoint until dropped.
@@ -55,19 +62,81 @@ impl Drop for InFlight {
 pub struct Lease {
     /// Released when the lease is dropped.
     pub in_flight: InFlight,
+    /// The request's slot under the upstream's `limits`.
+    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
-/// The endpoints of a cluster at one moment, with their balancing table.
+/// The endpoints of one failover level, with their balancing table.
+struct Level {
+    /// Indices into [`EndpointSet::endpoints`].
+    members: Box<[usize]>,
+    balancer: Balancer,
+}
+
+/// The endpoints of a cluster at one moment, with their balancing tables (one per
+/// priority level, lowest first).
 pub struct EndpointSet {
     /// The endpoints.
     pub endpoints: Vec<Arc<Endpoint>>,
-    balancer: Balancer,
+    levels: Vec<Level>,
+}
+
+/// Why no endpoint could be picked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PickError {
+    /// The cluster has no endpoints (DNS gave nothing yet).
+    NoEndpoint,
+    /// Every endpoint fails its health checks or is ejected.
+    NoHealthy,
+}
+
+/// Envoy's overprovisioning factor: a level keeps all its traffic while at least
+/// 1/1.4 (~71%) of its endpoints are healthy.
+pub const OVERPROVISIONING: f64 = 1.4;
+
+/// The resilience settings of a cluster, compiled.
+pub struct Resilience {
+    /// The circuit breaker.
+    pub breaker: Option<Arc<breaker::Breaker>>,
+    /// In-flight and pending caps.
+    pub limits: Option<retry::Limits>,
+    /// Retries.
+    pub retry: Option<retry::RetryPolicy>,
+    /// The cap on retries and hedges (`retry.budget`, or the default 20% + 10/s).
+    pub budget: retry::Budget,
+    /// Outlier ejection.
+    pub passive: Option<crate::config::PassiveHealthSpec>,
+    /// Active checks.
+    pub probe: Option<Arc<health::Probe>>,
+    /// The header carrying the time budget to HTTP endpoints.
+    pub deadline_header: Option<http::HeaderName>,
+}
+
+impl Resilience {
+    fn new(spec: &UpstreamSpec, stats: &Arc<UpstreamStats>) -> Self {
+        let hc = spec.health_check.as_ref();
+        Self {
+            breaker: spec
+                .circuit_breaker
+                .as_ref()
+                .map(|b| breaker::Breaker::new(b, stats.clone())),
+            limits: spec.limits.as_ref().and_then(retry::Limits::new),
+            retry: spec.retry.as_ref().map(retry::RetryPolicy::new),
+            budget: retry::Budget::new(&spec.retry.as_ref().map(|r| r.budget).unwrap_or_default()),
+            passive: hc.and_then(|h| h.passive.clone()),
+            probe: hc.and_then(|h| h.active.as_ref()).map(health::Probe::new),
+            deadline_header: (!spec.deadline_header.is_empty())
+                .then(|| http::HeaderName::from_bytes(spec.deadline_header.as_bytes()).ok())
+                .flatten(),
+        }
+    }
 }
 
 struct Source {
     host: String,
     port: u16,
     weight: u32,
+    priority: u32,
     ip: Option<IpAddr>,
 }
 
@@ -84,6 +153,12 @@ pub struct Cluster {
     resolver: Arc<dyn Resolve>,
     refresh: Mutex<Option<tokio::task::AbortHandle>>,
     tls: Option<crate::tls::client::UpstreamTls>,
+    /// Health counts of the endpoints.
+    pub census: Arc<health::Census>,
+    /// Breaker, limits, retries, health checks.
+    pub resilience: Resilience,
+    /// Active-check tasks by endpoint, once started.
+    checkers: Mutex<Option<HashMap<SocketAddr, tokio::task::AbortHandle>>>,
 }
 
 impl Cluster {
@@ -116,10 +191,13 @@ impl Cluster {
                     host,
                     port,
                     weight: e.weight,
+                    priority: e.priority,
                     ip,
                 })
             })
             .collect();
+        let resilience = Resilience::new(spec, &stats);
+        let stats_for_census = stats.clone();
         let cluster = Arc::new(Self {
             name: Arc::from(name),
             stats,
@@ -127,12 +205,15 @@ impl Cluster {
             sources,
             set: ArcSwap::from_pointee(EndpointSet {
                 endpoints: Vec::new(),
-                balancer: Balancer::build(&spec.balancer, &[], &[]),
+                levels: Vec::new(),
             }),
             resolved: Mutex::new(HashMap::new()),
             resolver,
             refresh: Mutex::new(None),
             tls,
+            census: Arc::new(health::Census::new(stats_for_census)),
+            resilience,
+            checkers: Mutex::new(None),
         });
         cluster.rebuild();
         cluster
@@ -146,6 +227,11 @@ impl Cluster {
             ..s.clone()
         };
         strip(&self.spec) == strip(spec)
+    }
+
+    /// The budget of retries and hedges.
+    pub fn budget(&self) -> &retry::Budget {
+        &self.resilience.budget
     }
 
     /// The upstream spec.
@@ -170,14 +256,150 @@ impl Cluster {
 
     /// Picks an endpoint and counts the request against it.
     pub fn pick(&self, input: &dyn PickInput) -> Option<InFlight> {
+        self.pick_avoiding(input, &[]).ok()
+    }
+
+    /// Picks an available endpoint, preferring one not in `avoid` (the endpoints a
+    /// request already tried), and counts the request against it. Traffic goes to the
+    /// lowest priority level with enough healthy endpoints, spilling over in proportion
+    /// to the missing health ([`OVERPROVISIONING`], as Envoy does).
+    pub fn pick_avoiding(
+        &self,
+        input: &dyn PickInput,
+        avoid: &[SocketAddr],
+    ) -> Result<InFlight, PickError> {
         let set = self.set.load();
         let eps = &set.endpoints;
-        let i = set
-            .balancer
-            .pick(input, &|i| eps[i].in_flight.load(Relaxed))?;
-        let ep = eps.get(i)?.clone();
+        if eps.is_empty() {
+            return Err(PickError::NoEndpoint);
+        }
+        let i = if set.levels.len() == 1 && avoid.is_empty() && !self.census.degraded() {
+            let level = &set.levels[0];
+            let j = level
+                .balancer
+                .pick(input, &|j| eps[level.members[j]].in_flight.load(Relaxed))
+                .ok_or(PickError::NoEndpoint)?;
+            level.members[j]
+        } else {
+            let now = health::now();
+            match pick_degraded(&set, input, avoid, now) {
+                Some(i) => i,
+                None if !avoid.is_empty() => {
+                    pick_degraded(&set, input, &[], now).ok_or(PickError::NoHealthy)?
+                }
+                None => return Err(PickError::NoHealthy),
+            }
+        };
+        let ep = eps.get(i).ok_or(PickError::NoEndpoint)?.clone();
         ep.in_flight.fetch_add(1, Relaxed);
-        Some(InFlight(ep))
+        Ok(InFlight(ep))
+    }
+
+    /// The cluster's state for `GET /upstreams`: every endpoint's health, ejection and
+    /// load, the breaker, the limits and the resilience settings.
+    pub fn state(&self) -> serde_json::Value {
+        let now = health::now();
+        let set = self.set.load();
+        let endpoints: Vec<serde_json::Value> = set
+            .endpoints
+            .iter()
+            .map(|e| {
+                let h = e.health.view(now);
+                serde_json::json!({
+                    "address": e.addr.to_string(),
+                    "host": &*e.host,
+                    "weight": e.weight,
+                    "priority": e.priority,
+                    "available": e.health.healthy() && h.ejected_for_ms == 0,
+                    "healthy": h.healthy,
+                    "ejected_for_ms": h.ejected_for_ms,
+                    "ejections_in_a_row": h.ejections,
+                    "consecutive_failures": h.consecutive_failures,
+                    "in_flight": e.in_flight.load(Relaxed),
+                    "idle_connections": e.pool.idle_count(),
+                })
+            })
+            .collect();
+        let r = &self.resilience;
+        let breaker = r.breaker.as_ref().map(|b| {
+            let state = match b.state(now) {
+                breaker::State::Closed => "closed",
+                breaker::State::Open => "open",
+                breaker::State::HalfOpen => "half_open",
+            };
+            serde_json::json!({"state": state, "open_for_ms": b.open_left(now)})
+        });
+        let limits = r
+            .limits
+            .as_ref()
+            .zip(self.spec.limits.as_ref())
+            .map(|(l, spec)| {
+                let (in_flight, waiting) = l.load(spec.max_in_flight.unwrap_or(0) as usize);
+                serde_json::json!({"in_flight": in_flight, "waiting": waiting})
+            });
+        serde_json::json!({
+            "name": &*self.name,
+            "protocol": self.spec.protocol,
+            "endpoints": endpoints,
+            "circuit_breaker": breaker,
+            "limits": limits,
+            "settings": {
+                "health_check": self.spec.health_check,
+                "circuit_breaker": self.spec.circuit_breaker,
+                "limits": self.spec.limits,
+                "retry": self.spec.retry,
+            },
+        })
+    }
+
+    /// Starts one active-check task per endpoint when `health_check.active` is set
+    /// (once; endpoints added by DNS later get theirs when they appear).
+    pub fn start_health_checks(self: &Arc<Self>) {
+        if self.resilience.probe.is_none() {
+            return;
+        }
+        if let Ok(mut slot) = self.checkers.lock() {
+            if slot.is_none() {
+                *slot = Some(HashMap::new());
+            }
+        }
+        self.sync_checkers();
+    }
+
+    fn sync_checkers(&self) {
+        let Some(probe) = &self.resilience.probe else {
+            return;
+        };
+        let Ok(mut slot) = self.checkers.lock() else {
+            return;
+        };
+        let Some(tasks) = slot.as_mut() else { return };
+        let set = self.set.load();
+        tasks.retain(|addr, task| {
+            let keep = set.endpoints.iter().any(|e| e.addr == *addr);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for ep in &set.endpoints {
+            if tasks.contains_key(&ep.addr) {
+                continue;
+            }
+            let task = tokio::spawn(probe.clone().run(Arc::downgrade(ep), self.name.clone()));
+            tasks.insert(ep.addr, task.abort_handle());
+        }
+    }
+
+    /// Reports one request's outcome on `ep` to outlier detection.
+    pub fn report(&self, ep: &Endpoint, failed: bool) {
+        let Some(passive) = &self.resilience.passive else {
+            return;
+        };
+        if ep.health.report(passive, health::now(), failed) {
+            self.stats.ejections.fetch_add(1, Relaxed);
+            tracing::warn!(upstream = %self.name, endpoint = %ep.addr, "endpoint ejected: too many failures in a row");
+        }
     }
 
     /// Resolves every DNS name now. A name that fails keeps its last known addresses.
@@ -269,25 +491,51 @@ impl Cluster {
                 let kept = old
                     .endpoints
                     .iter()
-                    .find(|e| e.addr == addr && e.weight == s.weight);
+                    .find(|e| e.addr == addr && e.weight == s.weight && e.priority == s.priority);
                 endpoints.push(kept.cloned().unwrap_or_else(|| {
                     Arc::new(Endpoint {
                         addr,
                         host: Arc::from(format!("{}:{}", host_for_header(&s.host), s.port)),
                         weight: s.weight,
+                        priority: s.priority,
                         in_flight: AtomicUsize::new(0),
                         pool: Pool::new(addr, config.clone(), self.stats.clone()),
+                        health: health::Health::new(self.census.clone()),
                     })
                 }));
             }
         }
-        let ids: Vec<String> = endpoints.iter().map(|e| e.addr.to_string()).collect();
-        let weights: Vec<u32> = endpoints.iter().map(|e| e.weight).collect();
-        let balancer = Balancer::build(&self.spec.balancer, &ids, &weights);
-        self.set.store(Arc::new(EndpointSet {
-            endpoints,
-            balancer,
-        }));
+        for gone in old
+            .endpoints
+            .iter()
+            .filter(|o| !endpoints.iter().any(|e| Arc::ptr_eq(e, o)))
+        {
+            gone.health.leave();
+        }
+        let mut priorities: Vec<u32> = endpoints.iter().map(|e| e.priority).collect();
+        priorities.sort_unstable();
+        priorities.dedup();
+        let levels = priorities
+            .into_iter()
+            .map(|p| {
+                let members: Box<[usize]> = (0..endpoints.len())
+                    .filter(|i| endpoints[*i].priority == p)
+                    .collect();
+                let ids: Vec<String> = members
+                    .iter()
+                    .map(|i| endpoints[*i].addr.to_string())
+                    .collect();
+                let weights: Vec<u32> = members.iter().map(|i| endpoints[*i].weight).collect();
+                Level {
+                    balancer: Balancer::build(&self.spec.balancer, &ids, &weights),
+                    members,
+                }
+            })
+            .collect();
+        self.census.total.store(endpoints.len(), Relaxed);
+        self.census.publish();
+        self.set.store(Arc::new(EndpointSet { endpoints, levels }));
+        self.sync_checkers();
     }
 }
 
@@ -296,7 +544,67 @@ impl Drop for Cluster {
         if let Some(task) = self.refresh.lock().ok().and_then(|mut t| t.take()) {
             task.abort();
         }
+        if let Some(tasks) = self.checkers.lock().ok().and_then(|mut t| t.take()) {
+            for task in tasks.values() {
+                task.abort();
+            }
+        }
     }
+}
+
+/// The degraded pick: priority levels by health, then an available endpoint of the
+/// chosen level, not in `avoid`.
+fn pick_degraded(
+    set: &EndpointSet,
+    input: &dyn PickInput,
+    avoid: &[SocketAddr],
+    now: u64,
+) -> Option<usize> {
+    let eps = &set.endpoints;
+    let ok = |i: usize| eps[i].health.available(now) && !avoid.contains(&eps[i].addr);
+    // Each level's health in percent, scaled by the overprovisioning factor.
+    let mut health = [0u32; 10];
+    let levels = set.levels.len().min(health.len());
+    for (l, level) in set.levels.iter().take(levels).enumerate() {
+        let up = level.members.iter().filter(|i| ok(**i)).count();
+        let pct = (OVERPROVISIONING * 100.0 * up as f64 / level.members.len() as f64) as u32;
+        health[l] = pct.min(100);
+    }
+    let sum: u32 = health[..levels].iter().sum();
+    if sum == 0 {
+        return None;
+    }
+    // The load of each level: as much as its health allows, the rest spills over; when
+    // the levels together are below 100%, the load is in proportion to their health.
+    let mut load = [0u32; 10];
+    if sum >= 100 {
+        let mut left = 100;
+        for l in 0..levels {
+            load[l] = health[l].min(left);
+            left -= load[l];
+        }
+    } else {
+        load[..levels].copy_from_slice(&health[..levels]);
+    }
+    let total: u32 = load[..levels].iter().sum();
+    let mut r = fastrand::u32(..total.max(1));
+    let mut chosen = 0;
+    for (l, share) in load[..levels].iter().enumerate() {
+        if r < *share {
+            chosen = l;
+            break;
+        }
+        r -= share;
+    }
+    let level = &set.levels[chosen];
+    let n = level.members.len();
+    let start = level
+        .balancer
+        .pick(input, &|j| eps[level.members[j]].in_flight.load(Relaxed))
+        .unwrap_or(0);
+    (0..n)
+        .map(|k| level.members[(start + k) % n])
+        .find(|i| ok(*i))
 }
 
 fn host_for_header(host: &str) -> String {
@@ -404,6 +712,7 @@ mod tests {
         a.endpoints.push(EndpointSpec {
             address: "127.0.0.1:2".into(),
             weight: 1,
+            priority: 0,
         });
         assert!(!c.serves(&a));
     }

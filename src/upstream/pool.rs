@@ -50,6 +50,16 @@ pub enum Sent {
     Own(http::response::Parts, super::h1::ResponseBody),
 }
 
+impl Sent {
+    /// The response status.
+    pub fn status(&self) -> u16 {
+        match self {
+            Self::Hyper(r) => r.status().as_u16(),
+            Self::Own(p, _) => p.status.as_u16(),
+        }
+    }
+}
+
 /// Pool settings.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -119,13 +129,68 @@ impl Pool {
         }
     }
 
+    /// Whether the endpoint speaks HTTP/2.
+    pub fn is_h2(&self) -> bool {
+        matches!(
+            self.config.protocol,
+            UpstreamProtocol::H2c | UpstreamProtocol::H2
+        )
+    }
+
+    /// Whether connections use TLS.
+    pub fn is_tls(&self) -> bool {
+        self.config.tls.is_some()
+    }
+
+    /// Sends the request `parts` with `body`, leaving both with the caller, so that a
+    /// failed try can be sent again: the own HTTP/1.1 client reads `parts` in place and
+    /// leaves an in-memory body as it was; for HTTP/2 the head is copied and the body
+    /// taken (an in-memory one cloned).
+    pub async fn send_parts(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        body: &mut Body,
+        connect_timeout: Duration,
+    ) -> Result<Sent, SendError> {
+        match self.config.protocol {
+            UpstreamProtocol::Http1 => self.send_own_parts(parts, body, connect_timeout).await,
+            UpstreamProtocol::H2c | UpstreamProtocol::H2 => {
+                // Connected first: a body is taken only once it can be sent.
+                let mut tx = Box::pin(self.h2_sender(connect_timeout)).await?;
+                let body = match body {
+                    Body::Full(Some(b)) => Body::Full(Some(b.clone())),
+                    other => std::mem::replace(other, Body::Empty),
+                };
+                let mut req = http::Request::new(body);
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = parts.uri.clone();
+                *req.version_mut() = parts.version;
+                *req.headers_mut() = parts.headers.clone();
+                tx.send_request(req)
+                    .await
+                    .map(Sent::Hyper)
+                    .map_err(SendError::Exchange)
+            }
+        }
+    }
+
     async fn send_own(
         self: &Arc<Self>,
         req: http::Request<Body>,
         connect_timeout: Duration,
     ) -> Result<Sent, SendError> {
-        use super::h1::{exchange, replayable, Conn, ExchangeError};
         let (parts, mut body) = req.into_parts();
+        self.send_own_parts(&parts, &mut body, connect_timeout)
+            .await
+    }
+
+    async fn send_own_parts(
+        self: &Arc<Self>,
+        parts: &http::request::Parts,
+        body: &mut Body,
+        connect_timeout: Duration,
+    ) -> Result<Sent, SendError> {
+        use super::h1::{exchange, replayable, Conn, ExchangeError};
         let mut first_try = true;
         loop {
             let idle = if first_try { self.take_own() } else { None };
@@ -136,12 +201,12 @@ impl Pool {
                     false,
                 ),
             };
-            match exchange(conn, &parts, &mut body, Arc::downgrade(self)).await {
+            match exchange(conn, parts, body, Arc::downgrade(self)).await {
                 Ok((head, body)) => return Ok(Sent::Own(head, body)),
                 // A pooled connection the upstream had closed: once more on a new one,
                 // when nothing was written or the request can be sent again.
                 Err(ExchangeError::Closed { unsent, .. })
-                    if reused && (unsent || replayable(&parts.method, &body)) =>
+                    if reused && (unsent || replayable(&parts.method, body)) =>
                 {
                     self.stats.stale_retries.fetch_add(1, Relaxed);
                     first_try = false;
@@ -299,6 +364,15 @@ impl Pool {
         req: http::Request<Body>,
         connect_timeout: Duration,
     ) -> Result<http::Response<Incoming>, SendError> {
+        let mut tx = self.h2_sender(connect_timeout).await?;
+        tx.send_request(req).await.map_err(SendError::Exchange)
+    }
+
+    /// The shared HTTP/2 connection, opened when there is none, ready for a stream.
+    async fn h2_sender(
+        &self,
+        connect_timeout: Duration,
+    ) -> Result<http2::SendRequest<Body>, SendError> {
         let mut tx = {
             let mut slot = self.h2.lock().await;
             match slot.as_ref() {
@@ -311,7 +385,7 @@ impl Pool {
             }
         };
         tx.ready().await.map_err(SendError::Exchange)?;
-        tx.send_request(req).await.map_err(SendError::Exchange)
+        Ok(tx)
     }
 
     async fn connect_h2(
@@ -343,6 +417,19 @@ impl Pool {
         });
         Ok(tx)
     }
+}
+
+/// Whether an HTTP/2 failure is the upstream refusing the stream (`REFUSED_STREAM`,
+/// or a GOAWAY that did not cover it): nothing was processed, any method may be retried.
+pub fn refused_stream(e: &hyper::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// A connection to an endpoint, plain or TLS.
