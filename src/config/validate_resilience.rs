@@ -43,12 +43,6 @@ pub(super) fn check_upstream(path: &str, up: &UpstreamSpec, p: &mut Problems) {
                 p.push(format!("{ap}.interval"), "must be at least 100ms");
             }
             positive(p, format!("{ap}.timeout"), a.timeout.0);
-            if a.timeout.0 > a.interval.0 {
-                p.push(
-                    format!("{ap}.timeout"),
-                    "must not be longer than `interval`",
-                );
-            }
             for (field, v) in [
                 ("healthy_after", a.healthy_after),
                 ("unhealthy_after", a.unhealthy_after),

@@ -240,6 +240,11 @@ impl Probe {
         })
     }
 
+    /// A probe's time limit: `timeout`, at most `interval`.
+    fn timeout(&self) -> Duration {
+        self.spec.timeout.0.min(self.spec.interval.0)
+    }
+
     fn jittered(&self, d: Duration) -> Duration {
         let tenth = d / 10;
         d - tenth + Duration::from_micros(fastrand::u64(..=(2 * tenth).as_micros() as u64))
@@ -256,7 +261,7 @@ impl Probe {
         let (mut passes, mut fails) = (0u32, 0u32);
         loop {
             let Some(ep) = endpoint.upgrade() else { return };
-            let result = tokio::time::timeout(self.spec.timeout.0, self.check(&ep)).await;
+            let result = tokio::time::timeout(self.timeout(), self.check(&ep)).await;
             let verdict = match result {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e),
@@ -385,7 +390,7 @@ impl Probe {
     ) -> Result<(u16, Bytes, Option<http::HeaderMap>), String> {
         let sent = ep
             .pool
-            .send(req, self.spec.timeout.0)
+            .send(req, self.timeout())
             .await
             .map_err(|e| format!("{e:?}"))?;
         ep.in_flight.fetch_add(1, Relaxed);
@@ -396,7 +401,7 @@ impl Probe {
         let (status, body) = match sent {
             super::pool::Sent::Own(parts, body) => (
                 parts.status.as_u16(),
-                Body::upstream_h1(body, self.spec.timeout.0, lease),
+                Body::upstream_h1(body, self.timeout(), lease),
             ),
             super::pool::Sent::Hyper(resp) => {
                 let status = resp.status().as_u16();

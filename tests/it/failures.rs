@@ -80,32 +80,6 @@ async fn slow_upstream_is_504_at_the_request_timeout() {
 }
 
 /// A raw TCP upstream: `behave` gets each accepted socket.
-async fn raw_upstream<F, Fut>(behave: F) -> std::net::SocketAddr
-where
-    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(behave(s));
-        }
-    });
-    addr
-}
-
-async fn read_head(s: &mut tokio::net::TcpStream) {
-    let mut buf = vec![0u8; 4096];
-    let mut seen = Vec::new();
-    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-        match s.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-        }
-    }
-}
-
 #[tokio::test]
 async fn reset_before_the_response_is_502() {
     let addr = raw_upstream(|mut s| async move {

@@ -23,6 +23,7 @@ mod rate_limit;
 mod redis_limit;
 mod redis_topologies;
 mod reload;
+mod resilience;
 mod routing;
 mod shutdown;
 mod telemetry;

@@ -385,3 +385,31 @@ pub fn config_error(yaml: &str) -> Option<String> {
         .err()
         .map(|e| e.to_string())
 }
+
+/// An upstream that hands each accepted connection to `behave`.
+pub async fn raw_upstream<F, Fut>(behave: F) -> std::net::SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(behave(s));
+        }
+    });
+    addr
+}
+
+/// Reads until the end of a request head (or EOF).
+pub async fn read_head(s: &mut tokio::net::TcpStream) {
+    let mut buf = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tokio::io::AsyncReadExt::read(s, &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
