@@ -18,6 +18,9 @@ the same run. Workloads:
       batched, against turnpike plain and nginx plain, and HAProxy (jwt_verify +
       stick-table) and Envoy (jwt_authn + local_ratelimit) when installed; Redis's own
       CPU per request is reported apart
+  W1R W1 with resilience configured (active and passive health checks, circuit
+      breaker, limits, retries with a budget) and no failures, against turnpike plain
+      and nginx plain in the same rounds
   W3  a rate limit exceeded, nearly every request 429: turnpike local and Redis stores,
       HAProxy (stick-table) and Envoy (local_ratelimit), against turnpike and nginx
       proxying (200)
@@ -72,6 +75,7 @@ VARIANTS = {
     "turnpike-w2": (ROOT / "bench" / "turnpike-w2.yaml", f"Authorization: Bearer {JWT}"),
     "turnpike-w2-redis": (ROOT / "bench" / "turnpike-w2-redis.yaml", f"Authorization: Bearer {JWT}"),
     "turnpike-w2-redis-batch": (ROOT / "bench" / "turnpike-w2-redis-batch.yaml", f"Authorization: Bearer {JWT}"),
+    "turnpike-w1r": (ROOT / "bench" / "turnpike-w1r.yaml", None),
     "turnpike-w3": (ROOT / "bench" / "turnpike-w3.yaml", None),
     "turnpike-w3-redis": (ROOT / "bench" / "turnpike-w3-redis.yaml", None),
     "turnpike-w3-redis-batch": (ROOT / "bench" / "turnpike-w3-redis-batch.yaml", None),
@@ -441,6 +445,10 @@ def w2rl(args, proxies):
                                    "haproxy-w2", "envoy-w2"], "W2")
 
 
+def w1r(args, proxies):
+    return compare(args, proxies, ["nginx", "turnpike", "turnpike-w1r"], "W1R")
+
+
 def w3(args, proxies):
     return compare(args, proxies, ["nginx", "turnpike", "turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch",
                                    "haproxy-w3", "envoy-w3"], "W3")
@@ -549,7 +557,8 @@ def counts(args, proxies):
     wanted = args.workloads.split(",")
     names = ["nginx", "turnpike"] + (["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"] if "w2" in wanted else []) \
         + (["turnpike-w2", "turnpike-w2-redis", "turnpike-w2-redis-batch"] if "w2rl" in wanted else []) \
-        + (["turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch"] if "w3" in wanted else [])
+        + (["turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch"] if "w3" in wanted else []) \
+        + (["turnpike-w1r"] if "w1r" in wanted else [])
     for name in names:
         header = VARIANTS.get(name, (None, None))[1]
         cg = Path(tempfile.mkdtemp()) / "callgrind.out"
@@ -587,7 +596,7 @@ def counts(args, proxies):
     stop(upstream)
     proxies.procs.clear()
     for v in ["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2", "turnpike-w2-redis",
-              "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch"]:
+              "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch", "turnpike-w1r"]:
         if v in out:
             out[f"{v}_added_instructions"] = out[v]["instructions_per_req"] - out["turnpike"]["instructions_per_req"]
     out["instructions_ratio"] = out["turnpike"]["instructions_per_req"] / out["nginx"]["instructions_per_req"]
@@ -639,7 +648,8 @@ def report(results):
         for v, label in [("turnpike-w2a", "turnpike + jwt (W2a)"), ("turnpike-w2b", "turnpike + api_key (W2b)")]:
             lines.append(f"| {label} | {c[v]:.2f} | {w[v + '_over_turnpike']:.2f} | {w[v + '_over_nginx']:.2f} |")
         lines.append("")
-    for key, title in [("w2rl", "W2: W1 plus jwt HS256 plus rate_limit (checked on every request, never exhausted)"),
+    for key, title in [("w1r", "W1R: W1 with health checks, outlier ejection, circuit breaker, limits and retries configured (no failures)"),
+                       ("w2rl", "W2: W1 plus jwt HS256 plus rate_limit (checked on every request, never exhausted)"),
                        ("w3", "W3: a rate limit exceeded, nearly every request refused with 429")]:
         if key not in results:
             continue
@@ -661,7 +671,7 @@ def report(results):
     if "counts" in results:
         c = results["counts"]
         lines += ["## Noise-free counts (fixed request count)", "| | instructions/request | syscalls/request |", "|---|---|---|"]
-        for n in ["nginx", "turnpike", "turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2",
+        for n in ["nginx", "turnpike", "turnpike-w1r", "turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2",
                   "turnpike-w2-redis", "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis",
                   "turnpike-w3-redis-batch"]:
             if n in c:
@@ -676,7 +686,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w2, w2rl, w3, w1tls, latency, w4 (empty for none)")
+    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1r, w2, w2rl, w3, w1tls, latency, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
     ap.add_argument("--latency-rounds", type=int, default=3)
@@ -697,6 +707,8 @@ def main():
                 results["w2rl"] = w2rl(args, proxies)
             if "w3" in wanted:
                 results["w3"] = w3(args, proxies)
+            if "w1r" in wanted:
+                results["w1r"] = w1r(args, proxies)
             if "w1tls" in wanted:
                 results["w1tls"] = w1(args, proxies, tls=True)
             if "latency" in wanted:

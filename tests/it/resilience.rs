@@ -943,3 +943,57 @@ async fn chaos_one_endpoint_killed_and_restarted_one_slow_no_client_error_after_
     }
     assert_eq!(errors.load(SeqCst), 0, "of {} requests", total.load(SeqCst));
 }
+
+#[tokio::test]
+async fn the_resilience_example_runs_as_documented() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/resilience.yaml"
+    ))
+    .unwrap();
+    // The same file on free ports; 8185 stays a port nothing listens on.
+    let mut yaml = text.clone();
+    for port in ["8080", "8181", "8182", "8183", "8184", "9901"] {
+        let free = closed_port().await.port().to_string();
+        yaml = yaml.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{free}"));
+    }
+    let dead = closed_port().await.port().to_string();
+    yaml = yaml
+        .replace("127.0.0.1:8185", &format!("127.0.0.1:{dead}"))
+        .replace("output: stdout", "output: /dev/null")
+        .replace("interval: 2s", "interval: 100ms");
+    let gw = gateway(&yaml).await;
+    let base = url(&gw, "public");
+    for _ in 0..20 {
+        let r = get(&format!("{base}/orders/42"), &[]).await;
+        assert_eq!(
+            r.status, 200,
+            "orders-b's 503s never reach the client: {:?}",
+            r.body
+        );
+        assert_ne!(r.json()["served_by"], "orders-b");
+    }
+    eventually(
+        Duration::from_secs(5),
+        "orders-b marked unhealthy",
+        || async {
+            let s = upstreams_state(&gw).await;
+            let orders = s["upstreams"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|u| u["name"] == "orders")
+                .unwrap()
+                .clone();
+            (orders["endpoints"][1]["healthy"] == false).then_some(())
+        },
+    )
+    .await;
+    let r = get(&format!("{base}/catalog/1"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["served_by"], "orders-readonly");
+    let r = get(&format!("{base}/payments"), &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["error"], "payments_unavailable");
+    assert_eq!(r.header("retry-after"), Some("10"));
+}
