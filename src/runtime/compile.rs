@@ -469,9 +469,14 @@ fn build_target(
             idle: t.idle.map_or(d.idle, |x| x.0),
             request_idle: t.idle.map(|x| x.0),
         };
+        let ms = timeouts.request.as_millis() as u64;
         Some(Binding {
             cluster,
             timeouts,
+            deadline_values: [
+                HeaderValue::from(ms),
+                HeaderValue::from(ms.saturating_sub(1)),
+            ],
             stats: env.metrics.route(&route.name, name),
         })
     };

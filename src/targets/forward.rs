@@ -81,6 +81,9 @@ pub struct Binding {
     pub timeouts: Timeouts,
     /// The route's counters for this upstream.
     pub stats: Arc<RouteStats>,
+    /// The deadline header's values for a whole `request` timeout (and one ms less),
+    /// made once: most first tries send one of them.
+    pub deadline_values: [HeaderValue; 2],
 }
 
 /// The `Host` sent upstream.
@@ -112,6 +115,7 @@ pub struct Forward {
 /// The header telling an upstream which try a request is (2 for the first retry or
 /// hedge; absent on the first try).
 pub const ATTEMPT: HeaderName = HeaderName::from_static("x-turnpike-attempt");
+use crate::upstream::retry::IDEMPOTENCY_KEY;
 const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// A route's compiled `fallback`.
@@ -305,7 +309,7 @@ impl Forward {
         let upgrade = ctx.websocket && self.websocket;
         self.set_headers(ctx, &mut parts.headers, upgrade);
         if upgrade {
-            return self.forward_upgrade(ctx, parts, body, to, &pq).await;
+            return Box::pin(self.forward_upgrade(ctx, parts, body, to, &pq)).await;
         }
         let Some(fallback) = &self.fallback else {
             return self.call(ctx, &mut parts, &mut body, to, &pq).await;
@@ -364,9 +368,15 @@ impl Forward {
         ctx.upstream = Some(cluster.name.clone());
         ctx.stats = Some(to.stats.clone());
         let started = Instant::now();
+        // One reading of the millisecond clock serves the breaker and the budget.
+        let now_ms = if res.breaker.is_some() || res.retry.is_some() || self.hedge.is_some() {
+            clock::now_ms()
+        } else {
+            0
+        };
         let ticket = match &res.breaker {
             None => None,
-            Some(b) => match b.admit(clock::now_ms()) {
+            Some(b) => match b.admit(now_ms) {
                 Ok(t) => Some(t),
                 Err(ms) => {
                     return Err(GatewayError::CircuitOpen {
@@ -378,7 +388,10 @@ impl Forward {
         };
         let permit = match &res.limits {
             None => None,
-            Some(l) => match l.acquire(to.timeouts.request).await {
+            Some(l) => match match l.try_now() {
+                Some(p) => Ok(p),
+                None => Box::pin(l.acquire(to.timeouts.request)).await,
+            } {
                 Ok(p) => Some(p),
                 Err(_) => {
                     cluster.stats.overloaded.fetch_add(1, Relaxed);
@@ -389,14 +402,16 @@ impl Forward {
             },
         };
         let deadline = started + to.timeouts.request;
-        let result = self.tries(ctx, parts, body, to, pq, deadline, permit).await;
+        let result = self
+            .tries(ctx, parts, body, to, pq, deadline, permit, now_ms)
+            .await;
         ctx.upstream_time = Some(started.elapsed());
         if let (Some(b), Some(t)) = (&res.breaker, ticket) {
             let failed = match &result {
                 Ok(r) => r.status().is_server_error(),
                 Err(e) => upstream_failure(e),
             };
-            b.record(t, clock::now_ms(), failed);
+            b.record(t, now_ms, failed);
         }
         result
     }
@@ -412,7 +427,8 @@ impl Forward {
         to: &Binding,
         pq: &PathAndQuery,
         deadline: Instant,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        permit: Option<crate::upstream::retry::Slot>,
+        now_ms: u64,
     ) -> Result<Response, GatewayError> {
         let cluster = &to.cluster;
         let res = &cluster.resilience;
@@ -420,13 +436,15 @@ impl Forward {
         let repeatable = retry.is_some_and(|p| p.repeatable(&parts.method, &parts.headers));
         let hedge = self
             .hedge
-            .filter(|_| idempotent(&parts.method) || parts.headers.contains_key("idempotency-key"));
+            .filter(|_| idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY));
         if repeatable || hedge.is_some() {
             let cap = retry.map_or(64 << 10, |p| p.buffer);
-            buffer_body(body, &parts.headers, cap).await?;
+            if matches!(body, Body::Stream(_)) {
+                Box::pin(buffer_body(body, &parts.headers, cap)).await?;
+            }
         }
         if retry.is_some() || hedge.is_some() {
-            cluster.budget().deposit(clock::now_ms());
+            cluster.budget().deposit(now_ms);
         }
         let replay = match &*body {
             Body::Full(Some(b)) => Some(b.clone()),
@@ -450,11 +468,11 @@ impl Forward {
                 .map_or(left, |t| t.min(left));
             let (outcome, in_flight) = match hedge.filter(|_| n == 1 && !streamed) {
                 Some(h) => {
-                    self.hedged(ctx, parts, body, to, pq, in_flight, limit, h, &mut tried)
+                    Box::pin(self.hedged(ctx, parts, body, to, pq, in_flight, limit, h, &mut tried))
                         .await
                 }
                 None => {
-                    self.aim(ctx, parts, &in_flight.0, cluster, pq, n, limit)?;
+                    self.aim(ctx, parts, &in_flight.0, to, pq, n, limit)?;
                     let sent = tokio::time::timeout(
                         limit,
                         in_flight
@@ -490,7 +508,7 @@ impl Forward {
                         if let Some(b) = &replay {
                             *body = Body::Full(Some(b.clone()));
                         }
-                        tokio::time::sleep(pause).await;
+                        Box::pin(tokio::time::sleep(pause)).await;
                         tried.push(ep.addr);
                         n += 1;
                         continue;
@@ -547,7 +565,7 @@ impl Forward {
         let mut leases: Vec<InFlight> = Vec::with_capacity(1 + hedge.max as usize);
         // Aims a copy at `ep` and makes its future (the copy's index goes with its result).
         let launch = |i: usize, n: u32, ep: &InFlight, parts: &mut http::request::Parts| {
-            self.aim(ctx, parts, &ep.0, cluster, pq, n, limit)?;
+            self.aim(ctx, parts, &ep.0, to, pq, n, limit)?;
             let copy = clone_head(parts);
             let mut copy_body = match body {
                 Body::Full(Some(b)) => Body::Full(Some(b.clone())),
@@ -635,11 +653,12 @@ impl Forward {
         ctx: &RequestCtx,
         parts: &mut http::request::Parts,
         ep: &Endpoint,
-        cluster: &Cluster,
+        to: &Binding,
         pq: &PathAndQuery,
         n: u32,
         limit: Duration,
     ) -> Result<(), GatewayError> {
+        let cluster = &to.cluster;
         let host = match &self.host_header {
             HostHeader::Preserve => ctx.host.clone(),
             HostHeader::Upstream => {
@@ -672,7 +691,15 @@ impl Forward {
         }
         let ms = limit.as_millis().max(1) as u64;
         if let Some(name) = &cluster.resilience.deadline_header {
-            parts.headers.insert(name.clone(), HeaderValue::from(ms));
+            let full = to.timeouts.request.as_millis() as u64;
+            let value = if ms == full {
+                to.deadline_values[0].clone()
+            } else if ms + 1 == full {
+                to.deadline_values[1].clone()
+            } else {
+                HeaderValue::from(ms)
+            };
+            parts.headers.insert(name.clone(), value);
         }
         if h2 && is_grpc(&parts.headers) {
             let keep = parts
@@ -696,7 +723,7 @@ impl Forward {
         ctx: &mut RequestCtx,
         outcome: TryResult,
         in_flight: InFlight,
-        permit: Option<tokio::sync::OwnedSemaphorePermit>,
+        permit: Option<crate::upstream::retry::Slot>,
         to: &Binding,
         limit: Duration,
         deadline: Instant,
@@ -747,7 +774,7 @@ impl Forward {
         let in_flight = self.pick(ctx, cluster, &parts.headers, &[])?;
         let ep = in_flight.0.clone();
         ctx.endpoint = Some(ep.addr);
-        self.aim(ctx, &mut parts, &ep, cluster, pq, 1, to.timeouts.request)?;
+        self.aim(ctx, &mut parts, &ep, to, pq, 1, to.timeouts.request)?;
         // The handshake is HTTP/1.1 whatever the upstream's protocol.
         if parts.version == Version::HTTP_2 {
             parts.uri = Uri::from(pq.clone());

@@ -63,7 +63,7 @@ pub struct Lease {
     /// Released when the lease is dropped.
     pub in_flight: InFlight,
     /// The request's slot under the upstream's `limits`.
-    pub permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    pub permit: Option<retry::Slot>,
 }
 
 /// The endpoints of one failover level, with their balancing table.
@@ -329,14 +329,10 @@ impl Cluster {
             };
             serde_json::json!({"state": state, "open_for_ms": b.open_left(now)})
         });
-        let limits = r
-            .limits
-            .as_ref()
-            .zip(self.spec.limits.as_ref())
-            .map(|(l, spec)| {
-                let (in_flight, waiting) = l.load(spec.max_in_flight.unwrap_or(0) as usize);
-                serde_json::json!({"in_flight": in_flight, "waiting": waiting})
-            });
+        let limits = r.limits.as_ref().map(|l| {
+            let (in_flight, waiting) = l.load();
+            serde_json::json!({"in_flight": in_flight, "waiting": waiting})
+        });
         serde_json::json!({
             "name": &*self.name,
             "protocol": self.spec.protocol,
@@ -396,7 +392,9 @@ impl Cluster {
         let Some(passive) = &self.resilience.passive else {
             return;
         };
-        if ep.health.report(passive, health::now(), failed) {
+        // The clock is read on the failure path only.
+        let now = if failed { health::now() } else { 0 };
+        if ep.health.report(passive, now, failed) {
             self.stats.ejections.fetch_add(1, Relaxed);
             tracing::warn!(upstream = %self.name, endpoint = %ep.addr, "endpoint ejected: too many failures in a row");
         }

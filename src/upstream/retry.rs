@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderMap, Method};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
 use super::breaker::Window;
 use crate::config::{BudgetSpec, RetryMethods, RetryOn, RetrySpec, UpstreamLimitsSpec};
@@ -96,13 +96,11 @@ impl RetryPolicy {
 
     /// Whether a request may be sent again after it may have reached the upstream.
     pub fn repeatable(&self, method: &Method, headers: &HeaderMap) -> bool {
-        if headers.contains_key("idempotency-key") {
-            return true;
-        }
-        match &self.methods {
+        let listed = match &self.methods {
             None => idempotent(method),
             Some(list) => list.contains(method),
-        }
+        };
+        listed || headers.contains_key(&IDEMPOTENCY_KEY)
     }
 
     /// Whether the policy lists `failure`.
@@ -180,35 +178,76 @@ impl Budget {
     }
 }
 
-/// A compiled `limits`.
+/// The header by which a client says a request may be sent twice.
+pub const IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
+/// A compiled `limits`: a counter of requests in flight (one atomic add on the fast
+/// path) and a wait list for at most `max_pending` requests.
 pub struct Limits {
-    slots: Arc<Semaphore>,
+    inner: Arc<LimitsInner>,
+}
+
+struct LimitsInner {
+    in_flight: AtomicUsize,
+    max: usize,
     waiting: AtomicUsize,
     max_pending: usize,
+    freed: Notify,
+}
+
+/// A request's slot under `limits`, given back when dropped.
+pub struct Slot(Arc<LimitsInner>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+        if self.0.waiting.load(Relaxed) > 0 {
+            self.0.freed.notify_one();
+        }
+    }
 }
 
 /// Refused by `limits`.
 pub struct Overloaded;
+
+impl LimitsInner {
+    fn try_take(self: &Arc<Self>) -> Option<Slot> {
+        self.in_flight
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max).then_some(n + 1))
+            .ok()
+            .map(|_| Slot(self.clone()))
+    }
+}
 
 impl Limits {
     /// Compiles `spec`; `None` when it caps nothing.
     pub fn new(spec: &UpstreamLimitsSpec) -> Option<Self> {
         let max = spec.max_in_flight?;
         Some(Self {
-            slots: Arc::new(Semaphore::new(max as usize)),
-            waiting: AtomicUsize::new(0),
-            max_pending: spec.max_pending as usize,
+            inner: Arc::new(LimitsInner {
+                in_flight: AtomicUsize::new(0),
+                max: max as usize,
+                waiting: AtomicUsize::new(0),
+                max_pending: spec.max_pending as usize,
+                freed: Notify::new(),
+            }),
         })
+    }
+
+    /// A slot for one request if one is free now.
+    pub fn try_now(&self) -> Option<Slot> {
+        self.inner.try_take()
     }
 
     /// A slot for one request: at once, or after waiting at most `wait` when fewer than
     /// `max_pending` requests are waiting already.
-    pub async fn acquire(&self, wait: Duration) -> Result<OwnedSemaphorePermit, Overloaded> {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return Ok(p);
+    pub async fn acquire(&self, wait: Duration) -> Result<Slot, Overloaded> {
+        let inner = &self.inner;
+        if let Some(s) = inner.try_take() {
+            return Ok(s);
         }
-        if self.waiting.fetch_add(1, Relaxed) >= self.max_pending {
-            self.waiting.fetch_sub(1, Relaxed);
+        if inner.waiting.fetch_add(1, Relaxed) >= inner.max_pending {
+            inner.waiting.fetch_sub(1, Relaxed);
             return Err(Overloaded);
         }
         struct Waiting<'a>(&'a AtomicUsize);
@@ -217,18 +256,26 @@ impl Limits {
                 self.0.fetch_sub(1, Relaxed);
             }
         }
-        let _w = Waiting(&self.waiting);
-        match tokio::time::timeout(wait, self.slots.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(Overloaded),
+        let _w = Waiting(&inner.waiting);
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let freed = inner.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(s) = inner.try_take() {
+                return Ok(s);
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return Err(Overloaded);
+            }
         }
     }
 
     /// Requests in flight now, and waiting now.
-    pub fn load(&self, max: usize) -> (usize, usize) {
+    pub fn load(&self) -> (usize, usize) {
         (
-            max.saturating_sub(self.slots.available_permits()),
-            self.waiting.load(Relaxed),
+            self.inner.in_flight.load(Relaxed),
+            self.inner.waiting.load(Relaxed),
         )
     }
 }

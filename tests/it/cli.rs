@@ -34,7 +34,12 @@ fn version() {
 
 #[test]
 fn validate_accepts_the_quickstart_and_lists_every_problem_otherwise() {
-    for name in ["quickstart.yaml", "tls.yaml", "auth.yaml"] {
+    for name in [
+        "quickstart.yaml",
+        "tls.yaml",
+        "auth.yaml",
+        "resilience.yaml",
+    ] {
         let (code, out, err) = turnpike(&["validate", "-c", &example(name)]);
         assert_eq!(code, 0, "{name}: {out}{err}");
         assert!(out.ends_with(": ok\n"), "{name}: {out}");
@@ -83,4 +88,27 @@ fn explain_shows_the_decision_params_policies_and_forward() {
         "/api/orders/1",
     ]);
     assert!(out.contains("405 method_not_allowed (Allow: GET)"), "{out}");
+}
+
+#[test]
+fn explain_shows_the_resilience_settings_that_apply() {
+    let (code, out, err) = turnpike(&[
+        "explain",
+        "-c",
+        &example("resilience.yaml"),
+        "GET",
+        "http://localhost:8080/orders/42",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "127.0.0.1:8183 (weight 1, priority 1)",
+        "  health:    {\"active\":{",
+        "  breaker:   {\"failure_rate\":\"50%\"",
+        "  limits:    {\"max_in_flight\":1000,\"max_pending\":100}",
+        "  retry:     {\"attempts\":2,",
+        "hedge:    {\"after\":\"150ms\",\"max\":1}",
+        "fallback: respond 503 on [circuit_open, no_healthy_endpoint, upstream_timeout]",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
 }

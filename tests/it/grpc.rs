@@ -200,3 +200,121 @@ routes:
     assert_eq!(err.code(), Code::NotFound);
     assert_eq!(err.message(), "no such user");
 }
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    service: String,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct HealthCheckResponse {
+    /// 1 SERVING, 2 NOT_SERVING.
+    #[prost(int32, tag = "1")]
+    status: i32,
+}
+
+/// `grpc.health.v1.Health/Check` answering `status` for the service `orders`, and
+/// NOT_FOUND for any other name, as grpc's own health servers do.
+#[derive(Clone)]
+struct HealthService(std::sync::Arc<std::sync::atomic::AtomicI32>);
+
+impl tonic::server::NamedService for HealthService {
+    const NAME: &'static str = "grpc.health.v1.Health";
+}
+
+impl tower::Service<http::Request<tonic::body::Body>> for HealthService {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        let status = self.0.clone();
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(ProstCodec::<
+                HealthCheckResponse,
+                HealthCheckRequest,
+            >::default());
+            let svc = tower::service_fn(move |r: Request<HealthCheckRequest>| {
+                let status = status.clone();
+                async move {
+                    if r.into_inner().service != "orders" {
+                        return Err(Status::not_found("unknown service"));
+                    }
+                    Ok(Response::new(HealthCheckResponse {
+                        status: status.load(std::sync::atomic::Ordering::SeqCst),
+                    }))
+                }
+            });
+            Ok(grpc.unary(svc, req).await)
+        })
+    }
+}
+
+#[tokio::test]
+async fn the_grpc_health_protocol_marks_an_endpoint_unhealthy_and_healthy_again() {
+    use std::sync::atomic::{AtomicI32, Ordering::SeqCst};
+    let status = std::sync::Arc::new(AtomicI32::new(1));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(HealthService(status.clone()))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l)),
+    );
+    let config = |service: &str| {
+        format!(
+            r#"
+listeners: [{{name: public, address: "127.0.0.1:0"}}]
+admin: {{address: "127.0.0.1:0"}}
+upstreams:
+  grpc:
+    endpoints: ["{addr}"]
+    protocol: h2c
+    health_check:
+      active: {{type: grpc, service: {service}, interval: 100ms, healthy_after: 1, unhealthy_after: 1}}
+routes:
+  - {{name: all, match: {{prefix: /}}, upstream: grpc}}
+"#
+        )
+    };
+    let gw = gateway(&config("orders")).await;
+    let admin = format!("http://{}/upstreams", gw.admin_addr().unwrap());
+    let healthy = || async {
+        get(&admin, &[]).await.json()["upstreams"][0]["endpoints"][0]["healthy"]
+            .as_bool()
+            .unwrap()
+    };
+    assert!(healthy().await);
+    status.store(2, SeqCst); // NOT_SERVING
+    eventually(
+        std::time::Duration::from_secs(5),
+        "NOT_SERVING marks it unhealthy",
+        || async { (!healthy().await).then_some(()) },
+    )
+    .await;
+    status.store(1, SeqCst);
+    eventually(
+        std::time::Duration::from_secs(5),
+        "SERVING marks it healthy",
+        || async { healthy().await.then_some(()) },
+    )
+    .await;
+    // A service the server does not know (grpc-status 5) fails the check too.
+    let loaded = turnpike::config::load_str(&config("billing"), std::path::Path::new(".")).unwrap();
+    gw.runtime().apply(loaded).await.unwrap();
+    eventually(
+        std::time::Duration::from_secs(5),
+        "an unknown service is unhealthy",
+        || async { (!healthy().await).then_some(()) },
+    )
+    .await;
+}

@@ -942,6 +942,18 @@ async fn chaos_one_endpoint_killed_and_restarted_one_slow_no_client_error_after_
         t.await.unwrap();
     }
     assert_eq!(errors.load(SeqCst), 0, "of {} requests", total.load(SeqCst));
+    eprintln!(
+        "chaos: {} requests, 0 errors; a killed after {killed_at} and back after {} of its requests; retries {:?}",
+        total.load(SeqCst),
+        a_hits,
+        turnpike::telemetry::metrics::RETRY_REASONS
+            .iter()
+            .map(|r| (
+                *r,
+                metric_value(&gw, &format!("turnpike_upstream_retries_total{{upstream=\"svc\",reason=\"{r}\"}}")).unwrap_or(0)
+            ))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[tokio::test]
