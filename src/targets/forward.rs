@@ -197,6 +197,7 @@ fn classify(outcome: &TryResult) -> Option<Failure> {
         Err(TryError::Send(e)) => match e {
             SendError::Connect(_) => Some(Failure::Connect),
             SendError::Reset(_) => Some(Failure::Reset),
+            SendError::Exchange(e) if find_body_error(e).is_some() => None,
             SendError::Exchange(e) if refused_stream(e) => Some(Failure::RefusedStream),
             SendError::Exchange(e) if !(e.is_parse() || e.is_parse_status()) => {
                 Some(Failure::Reset)
@@ -212,6 +213,8 @@ fn outcome_failed(outcome: &TryResult) -> bool {
     match outcome {
         Ok(s) => s.status() >= 500,
         Err(TryError::Send(SendError::RequestBody(_))) | Err(TryError::Gateway(_)) => false,
+        // The client's upload failing under an HTTP/2 stream is not the endpoint's fault.
+        Err(TryError::Send(SendError::Exchange(e))) => find_body_error(e).is_none(),
         Err(_) => true,
     }
 }
@@ -311,6 +314,25 @@ impl Forward {
         if upgrade {
             return Box::pin(self.forward_upgrade(ctx, parts, body, to, &pq)).await;
         }
+        // A small body is read before the breaker and the limits are consulted, so that
+        // a slow upload holds no slot of theirs and its time is the client's fault.
+        if matches!(body, Body::Stream(_)) && self.may_resend(to, &parts) {
+            let cap = to
+                .cluster
+                .resilience
+                .retry
+                .as_ref()
+                .map_or(64 << 10, |p| p.buffer);
+            let buffered = tokio::time::timeout(
+                to.timeouts.request,
+                Box::pin(buffer_body(&mut body, &parts.headers, cap)),
+            )
+            .await;
+            match buffered {
+                Ok(r) => r?,
+                Err(_) => return Err(GatewayError::RequestTimeout),
+            }
+        }
         let Some(fallback) = &self.fallback else {
             return self.call(ctx, &mut parts, &mut body, to, &pq).await;
         };
@@ -349,9 +371,20 @@ impl Forward {
                     body = Body::Full(Some(b));
                 }
                 parts.headers.remove(ATTEMPT);
+                if let Some(name) = &to.cluster.resilience.deadline_header {
+                    parts.headers.remove(name);
+                }
                 self.call(ctx, &mut parts, &mut body, other, &pq).await
             }
         }
+    }
+
+    /// Whether a request to `to` may be sent more than once (a retry policy, or a hedge
+    /// of an idempotent request): its small body is then buffered.
+    fn may_resend(&self, to: &Binding, parts: &http::request::Parts) -> bool {
+        to.cluster.resilience.retry.is_some()
+            || (self.hedge.is_some()
+                && (idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY)))
     }
 
     /// One upstream call: breaker, limits, then tries.
@@ -411,7 +444,7 @@ impl Forward {
                 Ok(r) => r.status().is_server_error(),
                 Err(e) => upstream_failure(e),
             };
-            b.record(t, now_ms, failed);
+            b.record(t, clock::now_ms(), failed);
         }
         result
     }
@@ -437,12 +470,6 @@ impl Forward {
         let hedge = self
             .hedge
             .filter(|_| idempotent(&parts.method) || parts.headers.contains_key(&IDEMPOTENCY_KEY));
-        if repeatable || hedge.is_some() {
-            let cap = retry.map_or(64 << 10, |p| p.buffer);
-            if matches!(body, Body::Stream(_)) {
-                Box::pin(buffer_body(body, &parts.headers, cap)).await?;
-            }
-        }
         if retry.is_some() || hedge.is_some() {
             cluster.budget().deposit(now_ms);
         }
@@ -453,6 +480,7 @@ impl Forward {
         let streamed = matches!(*body, Body::Stream(_) | Body::Boxed(_));
         let max_tries = 1 + retry.map_or(0, |p| p.attempts);
         let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut next: Option<InFlight> = None;
         let mut n: u32 = 1;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -462,14 +490,19 @@ impl Forward {
                     upstream: cluster.name.to_string(),
                 });
             }
-            let in_flight = self.pick(ctx, cluster, &parts.headers, &tried)?;
+            let in_flight = match next.take() {
+                Some(p) => p,
+                None => self.pick(ctx, cluster, &parts.headers, &tried)?,
+            };
             let limit = retry
                 .and_then(|p| p.per_try_timeout)
                 .map_or(left, |t| t.min(left));
-            let (outcome, in_flight) = match hedge.filter(|_| n == 1 && !streamed) {
+            let (outcome, in_flight, reported) = match hedge.filter(|_| n == 1 && !streamed) {
                 Some(h) => {
-                    Box::pin(self.hedged(ctx, parts, body, to, pq, in_flight, limit, h, &mut tried))
-                        .await
+                    Box::pin(self.hedged(
+                        ctx, parts, body, to, pq, in_flight, limit, deadline, h, &mut tried,
+                    ))
+                    .await
                 }
                 None => {
                     self.aim(ctx, parts, &in_flight.0, to, pq, n, limit)?;
@@ -485,12 +518,15 @@ impl Forward {
                         sent.map_err(|_| TryError::Timeout)
                             .and_then(|r| r.map_err(TryError::Send)),
                         in_flight,
+                        false,
                     )
                 }
             };
             let ep = in_flight.0.clone();
             ctx.endpoint = Some(ep.addr);
-            cluster.report(&ep, outcome_failed(&outcome));
+            if !reported {
+                cluster.report(&ep, outcome_failed(&outcome));
+            }
             let failure = classify(&outcome);
             if let (Some(p), Some(f)) = (retry, failure) {
                 let possible = n < max_tries
@@ -499,20 +535,27 @@ impl Forward {
                     && (!streamed || f == Failure::Connect);
                 if possible {
                     let pause = p.backoff(n);
-                    if Instant::now() + pause >= deadline {
-                        // No time left for another try.
-                    } else if cluster.budget().withdraw(clock::now_ms()) {
-                        cluster.stats.retries[f.reason_index()].fetch_add(1, Relaxed);
-                        drop(outcome);
-                        drop(in_flight);
-                        if let Some(b) = &replay {
-                            *body = Body::Full(Some(b.clone()));
-                        }
-                        Box::pin(tokio::time::sleep(pause)).await;
-                        tried.push(ep.addr);
-                        n += 1;
-                        continue;
+                    tried.push(ep.addr);
+                    // The next endpoint is found before this answer is let go: when there
+                    // is none, the client gets this one.
+                    let then = if Instant::now() + pause >= deadline {
+                        None // no time left for another try
                     } else {
+                        self.pick(ctx, cluster, &parts.headers, &tried).ok()
+                    };
+                    if let Some(then) = then {
+                        if cluster.budget().withdraw(clock::now_ms()) {
+                            cluster.stats.retries[f.reason_index()].fetch_add(1, Relaxed);
+                            drop(outcome);
+                            drop(in_flight);
+                            if let Some(b) = &replay {
+                                *body = Body::Full(Some(b.clone()));
+                            }
+                            Box::pin(tokio::time::sleep(pause)).await;
+                            next = Some(then);
+                            n += 1;
+                            continue;
+                        }
                         cluster.stats.budget_exhausted.fetch_add(1, Relaxed);
                     }
                 }
@@ -553,9 +596,10 @@ impl Forward {
         pq: &PathAndQuery,
         first: InFlight,
         limit: Duration,
+        deadline: Instant,
         hedge: HedgeSpec,
         tried: &mut Vec<SocketAddr>,
-    ) -> (TryResult, InFlight) {
+    ) -> (TryResult, InFlight, bool) {
         use futures_util::stream::{FuturesUnordered, StreamExt};
         let cluster = &to.cluster;
         let retry = cluster.resilience.retry.as_ref();
@@ -572,9 +616,11 @@ impl Forward {
                 _ => Body::Empty,
             };
             let pool = ep.0.pool.clone();
+            // Each copy gets the try's time, never past the call's deadline.
+            let until = (Instant::now() + limit).min(deadline);
             Ok::<_, GatewayError>(async move {
                 let r =
-                    tokio::time::timeout(limit, pool.send_parts(&copy, &mut copy_body, connect))
+                    tokio::time::timeout_at(until, pool.send_parts(&copy, &mut copy_body, connect))
                         .await;
                 (
                     i,
@@ -586,7 +632,7 @@ impl Forward {
         let first_addr = first.0.addr;
         match launch(0, 1, &first, parts) {
             Ok(f) => running.push(f),
-            Err(e) => return (Err(TryError::Gateway(e)), first),
+            Err(e) => return (Err(TryError::Gateway(e)), first, false),
         }
         leases.push(first);
         tried.push(first_addr);
@@ -604,7 +650,7 @@ impl Forward {
                     };
                     if !retryable || (running.is_empty() && sent >= hedge.max) {
                         drop(running);
-                        return (outcome, leases.swap_remove(i));
+                        return (outcome, leases.swap_remove(i), false);
                     }
                     cluster.report(&leases[i].0, outcome_failed(&outcome));
                     last = Some((i, outcome));
@@ -640,8 +686,8 @@ impl Forward {
         }
         drop(running);
         match last {
-            Some((i, outcome)) => (outcome, leases.swap_remove(i)),
-            None => (Err(TryError::Timeout), leases.swap_remove(0)),
+            Some((i, outcome)) => (outcome, leases.swap_remove(i), true),
+            None => (Err(TryError::Timeout), leases.swap_remove(0), false),
         }
     }
 

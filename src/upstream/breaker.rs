@@ -13,7 +13,10 @@
 //! timeouts, invalid answers and 5xx statuses. Time is passed in (milliseconds on the
 //! [`clock`]), so the state machine is tested without waiting.
 
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicU32, AtomicU64, AtomicU8,
+    Ordering::{Acquire, Relaxed, Release},
+};
 use std::sync::Arc;
 
 use crate::config::BreakerSpec;
@@ -124,6 +127,8 @@ pub enum State {
 const CLOSED: u8 = 0;
 const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
+/// Between open and half open, while one request resets the probe counts.
+const OPENING: u8 = 3;
 
 /// A circuit breaker.
 pub struct Breaker {
@@ -182,7 +187,7 @@ impl Breaker {
         match self.state.load(Relaxed) {
             CLOSED => State::Closed,
             OPEN if now >= self.open_until.load(Relaxed) => State::HalfOpen,
-            OPEN => State::Open,
+            OPEN | OPENING => State::Open,
             _ => State::HalfOpen,
         }
     }
@@ -190,7 +195,7 @@ impl Breaker {
     /// Milliseconds until an open breaker lets probes through (0 when not open).
     pub fn open_left(&self, now: u64) -> u64 {
         match self.state.load(Relaxed) {
-            OPEN => self.open_until.load(Relaxed).saturating_sub(now),
+            OPEN | OPENING => self.open_until.load(Relaxed).saturating_sub(now),
             _ => 0,
         }
     }
@@ -204,28 +209,39 @@ impl Breaker {
                 if now < until {
                     return Err(until - now);
                 }
+                // One request moves the breaker on: it resets the probe counts before
+                // anyone can see the half-open state.
                 if self
                     .state
-                    .compare_exchange(OPEN, HALF_OPEN, Relaxed, Relaxed)
+                    .compare_exchange(OPEN, OPENING, Relaxed, Relaxed)
                     .is_ok()
                 {
                     self.generation.fetch_add(1, Relaxed);
                     self.probes_started.store(0, Relaxed);
                     self.probes_passed.store(0, Relaxed);
+                    self.state.store(HALF_OPEN, Release);
                     self.stats.breaker_state.store(2, Relaxed);
                 }
-                self.admit(now)
+                self.admit_probe()
             }
-            _ => {
-                if self.probes_started.fetch_add(1, Relaxed) < self.probes {
-                    Ok(Ticket {
-                        probe: Some((self.clone(), self.generation.load(Relaxed))),
-                    })
-                } else {
-                    self.probes_started.fetch_sub(1, Relaxed);
-                    Err(self.open_for.min(1000))
-                }
-            }
+            OPENING => Err(1),
+            _ => self.admit_probe(),
+        }
+    }
+
+    fn admit_probe(self: &Arc<Self>) -> Result<Ticket, u64> {
+        if self.state.load(Acquire) != HALF_OPEN {
+            return Err(1);
+        }
+        let probes = self.probes;
+        match self
+            .probes_started
+            .fetch_update(Relaxed, Relaxed, |n| (n < probes).then_some(n + 1))
+        {
+            Ok(_) => Ok(Ticket {
+                probe: Some((self.clone(), self.generation.load(Relaxed))),
+            }),
+            Err(_) => Err(self.open_for.min(1000)),
         }
     }
 

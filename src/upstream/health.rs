@@ -81,6 +81,8 @@ impl Census {
 
 /// The health of one endpoint.
 pub struct Health {
+    /// Set when the endpoint left its cluster: its counts are no longer in the census.
+    left: AtomicBool,
     healthy: AtomicBool,
     ejected_until: AtomicU64,
     failures: AtomicU32,
@@ -106,6 +108,7 @@ impl Health {
     /// A healthy, not ejected endpoint of a cluster with `census`.
     pub fn new(census: Arc<Census>) -> Self {
         Self {
+            left: AtomicBool::new(false),
             healthy: AtomicBool::new(true),
             ejected_until: AtomicU64::new(0),
             failures: AtomicU32::new(0),
@@ -126,6 +129,7 @@ impl Health {
                 .ejected_until
                 .compare_exchange(until, 0, Relaxed, Relaxed)
                 .is_ok()
+                && !self.left.load(Relaxed)
             {
                 self.census.change(&self.census.ejected, false);
                 self.failures.store(0, Relaxed);
@@ -141,6 +145,9 @@ impl Health {
 
     /// Sets the active-check verdict; true when it changed.
     pub fn set_healthy(&self, healthy: bool) -> bool {
+        if self.left.load(Relaxed) {
+            return false;
+        }
         let changed = self.healthy.swap(healthy, Relaxed) != healthy;
         if changed {
             self.census.change(&self.census.unhealthy, !healthy);
@@ -168,12 +175,22 @@ impl Health {
             return false;
         }
         let n = self.failures.fetch_add(1, Relaxed) + 1;
-        if n < passive.consecutive_failures || self.ejected_until.load(Relaxed) != 0 {
+        if n < passive.consecutive_failures
+            || self.ejected_until.load(Relaxed) != 0
+            || self.left.load(Relaxed)
+        {
             return false;
         }
-        let total = self.census.total.load(Relaxed) as u64;
-        let cap = total * u64::from(passive.max_ejected.0) / 10_000;
-        if self.census.ejected.load(Relaxed) as u64 >= cap {
+        let total = self.census.total.load(Relaxed);
+        let cap = (total as u64 * u64::from(passive.max_ejected.0) / 10_000) as usize;
+        // The slot under the cap is taken first, so that concurrent ejections cannot
+        // pass it together.
+        if self
+            .census
+            .ejected
+            .fetch_update(Relaxed, Relaxed, |e| (e < cap).then_some(e + 1))
+            .is_err()
+        {
             return false;
         }
         let max = passive.max_eject_for.0.as_millis() as u64;
@@ -190,9 +207,10 @@ impl Health {
             .compare_exchange(0, now + for_ms, Relaxed, Relaxed)
             .is_err()
         {
+            self.census.change(&self.census.ejected, false);
             return false;
         }
-        self.census.change(&self.census.ejected, true);
+        self.census.publish();
         self.ejections.store(in_a_row, Relaxed);
         self.last_ejection_end.store(now + for_ms, Relaxed);
         self.failures.store(0, Relaxed);
@@ -201,7 +219,10 @@ impl Health {
 
     /// Gives back this endpoint's counts when it leaves its cluster.
     pub fn leave(&self) {
-        if !self.healthy() {
+        if self.left.swap(true, Relaxed) {
+            return;
+        }
+        if !self.healthy.swap(true, Relaxed) {
             self.census.change(&self.census.unhealthy, false);
         }
         if self.ejected_until.swap(0, Relaxed) != 0 {
@@ -422,7 +443,13 @@ impl Probe {
         if let Some(s) = limited.as_stream_mut() {
             s.limit(64 << 10);
         }
-        let collected = limited.collect().await.map_err(|e| e.to_string())?;
+        let collected = match limited.collect().await {
+            Ok(c) => c,
+            // An HTTP verdict is the status: a body too large or cut short only keeps its
+            // connection out of the pool.
+            Err(_) if self.spec.kind == ProbeKind::Http => return Ok((status, Bytes::new(), None)),
+            Err(e) => return Err(e.to_string()),
+        };
         let trailers = collected.trailers().cloned();
         Ok((status, collected.to_bytes(), trailers))
     }
@@ -530,6 +557,33 @@ mod tests {
             a.report(&p, 31_000, true);
         }
         assert_eq!(a.view(31_000).ejected_for_ms, 60_000);
+    }
+
+    #[test]
+    fn an_endpoint_that_left_gives_its_counts_back_once_and_reports_nothing() {
+        let census = Arc::new(Census::new(Default::default()));
+        census.total.store(2, Relaxed);
+        let a = Health::new(census.clone());
+        let p = PassiveHealthSpec {
+            consecutive_failures: 1,
+            max_ejected: Percent(10_000),
+            ..passive()
+        };
+        assert!(a.report(&p, 1, true));
+        assert!(a.set_healthy(false));
+        assert_eq!(
+            (census.ejected.load(Relaxed), census.unhealthy.load(Relaxed)),
+            (1, 1)
+        );
+        a.leave();
+        a.leave();
+        assert_eq!(
+            (census.ejected.load(Relaxed), census.unhealthy.load(Relaxed)),
+            (0, 0)
+        );
+        assert!(!a.report(&p, 2, true), "no ejection after leaving");
+        assert!(!a.set_healthy(false));
+        assert!(!census.degraded());
     }
 
     #[test]

@@ -1009,3 +1009,90 @@ async fn the_resilience_example_runs_as_documented() {
     assert_eq!(r.json()["error"], "payments_unavailable");
     assert_eq!(r.header("retry-after"), Some("10"));
 }
+
+#[tokio::test]
+async fn timeouts_longer_than_the_breaker_window_still_open_it() {
+    // Outcomes are counted when they are known, not when the request started.
+    let hung = hanging().await;
+    let gw = gateway(&config(
+        &format!(
+            "  svc: {{endpoints: [\"{hung}\"], timeouts: {{request: 300ms}}, circuit_breaker: {{min_requests: 3, window: 100ms, open_for: 1h}}}}"
+        ),
+        "",
+    ))
+    .await;
+    let base = url(&gw, "public");
+    let calls: Vec<_> = (0..3)
+        .map(|_| {
+            let u = format!("{base}/x");
+            tokio::spawn(async move { get(&u, &[]).await.status })
+        })
+        .collect();
+    for c in calls {
+        assert_eq!(c.await.unwrap(), 504);
+    }
+    assert_eq!(
+        get(&format!("{base}/x"), &[]).await.error_code(),
+        "circuit_open"
+    );
+}
+
+#[tokio::test]
+async fn a_retry_with_nowhere_to_go_returns_the_upstream_answer() {
+    // The only endpoint answers 503 and is ejected by it: the retry finds no endpoint,
+    // so the client gets the 503 itself, not `no_healthy_endpoint`.
+    let status = Arc::new(AtomicU16::new(503));
+    let up = switchable("only", status).await;
+    let gw = gateway(&config(
+        &format!(
+            "  svc: {{endpoints: [\"{}\"], health_check: {{passive: {{consecutive_failures: 1, max_ejected: 100%}}}}, retry: {{attempts: 2, on: [\"503\"]}}}}",
+            up.addr
+        ),
+        "",
+    ))
+    .await;
+    let r = get(&format!("{}/x", url(&gw, "public")), &[]).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.echo().server, "only", "the upstream's own answer");
+    assert_eq!(up.hits(), 1);
+    assert_eq!(
+        metric_value(
+            &gw,
+            "turnpike_upstream_retries_total{upstream=\"svc\",reason=\"status\"}"
+        ),
+        Some(0),
+        "no retry was counted for a try never sent"
+    );
+}
+
+#[tokio::test]
+async fn an_http_probe_is_judged_by_its_status_whatever_its_body() {
+    let probes = Arc::new(AtomicUsize::new(0));
+    let big = {
+        let probes = probes.clone();
+        upstream_fn(move |_req| {
+            let probes = probes.clone();
+            async move {
+                probes.fetch_add(1, SeqCst);
+                Response::new(Full::new(Bytes::from(vec![b'x'; 200 << 10])))
+            }
+        })
+        .await
+    };
+    let gw = gateway(&config(
+        &format!(
+            "  svc: {{endpoints: [\"{}\"], health_check: {{active: {{interval: 100ms, unhealthy_after: 1}}}}}}",
+            big.addr
+        ),
+        "",
+    ))
+    .await;
+    eventually(Duration::from_secs(5), "three probes", || async {
+        (probes.load(SeqCst) >= 3).then_some(())
+    })
+    .await;
+    assert_eq!(
+        upstreams_state(&gw).await["upstreams"][0]["endpoints"][0]["healthy"],
+        true
+    );
+}
