@@ -164,11 +164,13 @@ pub fn parse_response(
 pub(super) fn codings(value: &[u8], mut chunked: bool) -> Result<bool, &'static str> {
     for coding in value.split(|b| *b == b',') {
         let coding = coding.trim_ascii();
+        if chunked {
+            // Nothing may follow the final chunked, not even an empty element: hyper and
+            // nginx refuse `chunked,`, and a proxy in front may read it another way.
+            return Err("a transfer coding after chunked");
+        }
         if coding.is_empty() {
             continue;
-        }
-        if chunked {
-            return Err("a transfer coding after chunked");
         }
         if !coding.eq_ignore_ascii_case(b"chunked") {
             return Err("a transfer coding other than chunked");

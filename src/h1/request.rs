@@ -6,7 +6,8 @@
 //!
 //! Choices where the catalogue leaves one: two equal `Content-Length`s are one length;
 //! `Chunked`, `,chunked` and `chunked ` are chunked (forwarded as a canonical
-//! `transfer-encoding: chunked`); a bare LF line end is accepted (the head is re-encoded
+//! `transfer-encoding: chunked`), `chunked,` is refused (nothing may follow the final
+//! coding); a bare LF line end is accepted (the head is re-encoded
 //! with CRLF upstream); a request is never delimited by the close.
 
 use bytes::BytesMut;
@@ -279,6 +280,8 @@ mod tests {
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 400),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n", 400),
+            // Found by the h1_stream differential fuzz target: an empty element after chunked.
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked,\r\n\r\n", 400),
             // A6: obfuscations accepted as chunked.
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: ,chunked\r\n\r\n", 200),
             (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n", 200),
