@@ -190,7 +190,13 @@ fn parse_size(line: &[u8]) -> Result<u64, H1Error> {
         size = (size << 4) | d;
     }
     let rest = &line[digits..];
-    let ext = rest.trim_ascii_start();
+    // Only SP and HTAB (BWS, RFC 9112 §7.1.1) may sit between the size and `;`: not a
+    // form feed or another byte `trim_ascii` would skip (found by the h1_stream fuzz
+    // target: hyper refuses `0\x0c\r\n`).
+    let ext = &rest[rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t'))
+        .count()..];
     if !ext.is_empty() && ext[0] != b';' {
         return Err(H1Error::Chunk("invalid bytes after the chunk size"));
     }
@@ -259,6 +265,7 @@ mod tests {
             b"5;a\x00b\r\nhello\r\n0\r\n\r\n", // NUL in extension
             b"5;a\rb\r\nhello\r\n0\r\n\r\n",   // CR in extension
             b"5 x\r\nhello\r\n0\r\n\r\n",      // junk after size
+            b"5\x0c\r\nhello\r\n0\r\n\r\n",    // a form feed after the size
             b"11111111111111111\r\n",          // 17 hex digits: overflow
             b"5\r\nhello\r\n0\r\nbad trailer\r\n\r\n", // trailer without a colon
             many_trailers.as_bytes(),          // more trailer fields than a head may have
