@@ -5,11 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::de::{self, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::route::RespondSpec;
-use super::units::{Dur, Percent, Size};
+use super::units::{Dur, Percent, Size, TextOrNumber};
 
 /// `health_check`: active probes and passive outlier ejection.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -121,7 +120,7 @@ impl StatusRange {
 
 impl<'de> Deserialize<'de> for StatusRange {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrOrU64(
+        d.deserialize_any(TextOrNumber(
             StatusRange::parse,
             "a status like 204 or a range like 200-299",
         ))
@@ -297,7 +296,7 @@ impl RetryOn {
 
 impl<'de> Deserialize<'de> for RetryOn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrOrU64(
+        d.deserialize_any(TextOrNumber(
             RetryOn::parse,
             "a retry condition like reset or \"503\"",
         ))
@@ -407,7 +406,7 @@ pub struct FallbackOn(pub String);
 
 impl<'de> Deserialize<'de> for FallbackOn {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(StrOrU64(
+        d.deserialize_any(TextOrNumber(
             |t| Ok(FallbackOn(t.to_string())),
             "a failure name like circuit_open or a status like \"503\"",
         ))
@@ -434,29 +433,6 @@ pub const FALLBACK_ON: &[&str] = &[
     "upstream_protocol_error",
     "upstream_error",
 ];
-
-/// A number or a string, parsed by one function.
-struct StrOrU64<T>(fn(&str) -> Result<T, String>, &'static str);
-
-impl<'de, T> Visitor<'de> for StrOrU64<T> {
-    type Value = T;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.1)
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
-        (self.0)(v).map_err(E::custom)
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<T, E> {
-        (self.0)(&v.to_string()).map_err(E::custom)
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<T, E> {
-        (self.0)(&v.to_string()).map_err(E::custom)
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -147,7 +147,12 @@ pub fn format_size(n: u64) -> String {
     format!("{n}B")
 }
 
-struct TextOrNumber<T>(fn(&str) -> Result<T, String>, &'static str);
+/// A value written as text or as a number, parsed by one function (shared by the
+/// config modules).
+pub(super) struct TextOrNumber<T>(
+    pub(super) fn(&str) -> Result<T, String>,
+    pub(super) &'static str,
+);
 
 impl<'de, T> Visitor<'de> for TextOrNumber<T> {
     type Value = T;

@@ -560,7 +560,7 @@ impl Forward {
                     }
                 }
             }
-            return self.finish(ctx, outcome, in_flight, permit, to, limit, deadline);
+            return self.finish(ctx, outcome, in_flight, permit, to);
         }
     }
 
@@ -763,7 +763,6 @@ impl Forward {
     }
 
     /// The response of the last try, or its error.
-    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         ctx: &mut RequestCtx,
@@ -771,8 +770,6 @@ impl Forward {
         in_flight: InFlight,
         permit: Option<crate::upstream::retry::Slot>,
         to: &Binding,
-        limit: Duration,
-        deadline: Instant,
     ) -> Result<Response, GatewayError> {
         let cluster = &to.cluster;
         ctx.endpoint = Some(in_flight.0.addr);
@@ -780,7 +777,6 @@ impl Forward {
             Ok(s) => s,
             Err(TryError::Timeout) => {
                 cluster.stats.timeouts.fetch_add(1, Relaxed);
-                let _ = (limit, deadline);
                 return Err(GatewayError::UpstreamTimeout {
                     upstream: cluster.name.to_string(),
                 });

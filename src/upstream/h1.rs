@@ -536,9 +536,5 @@ impl http_body::Body for ResponseBody {
 /// Whether a request may be sent again after a reused connection closed before any
 /// byte of a response: idempotent, with a body that is empty or in memory.
 pub(super) fn replayable(method: &Method, body: &Body) -> bool {
-    let idempotent = matches!(
-        *method,
-        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
-    );
-    idempotent && matches!(body, Body::Empty | Body::Full(Some(_)))
+    super::retry::idempotent(method) && matches!(body, Body::Empty | Body::Full(Some(_)))
 }
