@@ -151,6 +151,16 @@ pub fn explain(config: LoadedConfig, req: &Request) -> Result<String, String> {
     );
     let target = pipeline.target();
     let _ = writeln!(out, "target:   {}", target.describe());
+    if let Target::Compose(c) = target {
+        let ctx = explain_ctx(&method, &uri, &host, params.clone());
+        let mut parts = http::Request::new(()).into_parts().0;
+        parts.method = method.clone();
+        parts.uri = uri.clone();
+        parts.headers = headers.clone();
+        for line in c.explain(&ctx, &parts) {
+            let _ = writeln!(out, "{line}");
+        }
+    }
     if let Some(fwd) = target.forward() {
         let ctx = explain_ctx(&method, &uri, &host, params);
         let forwarded = fwd
@@ -173,7 +183,7 @@ fn describe_upstreams(out: &mut String, target: &Target) {
     let names: Vec<&str> = match target {
         Target::Upstream { binding, .. } => vec![&binding.cluster.name],
         Target::Split { .. } => Vec::new(),
-        Target::Respond(_) => Vec::new(),
+        Target::Respond(_) | Target::Compose(_) => Vec::new(),
     };
     for name in names {
         let _ = writeln!(out, "upstream: {name}");

@@ -153,6 +153,12 @@ fn rewrite_scalar(
                     )),
                     Err(_) => {}
                 }
+            } else if name.len() < inner.len() {
+                // A runtime reference with a path (`${orders[0].id}`, `${query.q}`,
+                // `${header.x-id}`): kept as written, escaped from substitution.
+                sub.text.push_str("$$");
+                sub.text.push_str(&whole[1..]);
+                continue;
             } else if !name.is_empty() {
                 sub.properties.insert(name.clone(), format!("${{{name}}}"));
             }

@@ -3,6 +3,7 @@
 //! field path and line. Nothing here opens a socket or builds a live object: `runtime`
 //! turns a spec into a running snapshot.
 
+pub mod compose;
 pub mod consumers;
 pub mod error;
 pub mod load;
@@ -17,6 +18,7 @@ pub mod upstream;
 pub mod validate;
 mod validate_resilience;
 
+pub use compose::{CallSpec, ComposeSpec};
 pub use consumers::*;
 pub use error::{ConfigError, ConfigErrors, Problems};
 pub use load::{load_file, load_str, LoadedConfig};

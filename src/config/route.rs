@@ -1,5 +1,6 @@
 //! Routes: what a request must look like (`match`), how its path is rewritten, and what
-//! answers it: an upstream, a weighted split between upstreams, or a static response.
+//! answers it: an upstream, a weighted split between upstreams, a static response, or a
+//! composition of several calls.
 
 use std::collections::BTreeMap;
 
@@ -37,6 +38,9 @@ pub struct RouteSpec {
     /// Target: answer from the gateway itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub respond: Option<RespondSpec>,
+    /// Target: several upstream calls answered as one JSON document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compose: Option<super::compose::ComposeSpec>,
     /// Timeouts for this route's upstream calls (override the upstream's).
     #[serde(default)]
     pub timeouts: TimeoutsSpec,

@@ -527,12 +527,29 @@ fn check_route(
     }
     check_match(&format!("{path}.match"), &r.matcher, p);
     super::validate_resilience::check_route(path, r, spec, p);
-    let targets = [r.upstream.is_some(), r.split.is_some(), r.respond.is_some()];
+    let targets = [
+        r.upstream.is_some(),
+        r.split.is_some(),
+        r.respond.is_some(),
+        r.compose.is_some(),
+    ];
     if targets.iter().filter(|t| **t).count() != 1 {
         p.push(
             path.to_string(),
-            "a route needs exactly one target: `upstream`, `split` or `respond`",
+            "a route needs exactly one target: `upstream`, `split`, `respond` or `compose`",
         );
+    }
+    if let Some(c) = &r.compose {
+        let at = format!("{path}.compose");
+        super::compose::check(&at, c, &|u| spec.upstreams.contains_key(u), p);
+        for (set, field) in [(r.websocket, "websocket"), (r.rewrite.is_some(), "rewrite")] {
+            if set {
+                p.push(
+                    format!("{path}.{field}"),
+                    "not available on a `compose` route: each call has its own path",
+                );
+            }
+        }
     }
     if let Some(up) = &r.upstream {
         if !spec.upstreams.contains_key(up) {

@@ -86,6 +86,14 @@ pub enum GatewayError {
     UpstreamReset { upstream: String, cause: String },
     /// The upstream sent something that is not valid HTTP.
     UpstreamProtocol { upstream: String, cause: String },
+    /// A required call of a `compose` route failed: 504 when it ran out of time, the
+    /// call's own 4xx when the service answered one, 503 when the upstream cannot take
+    /// calls, 502 otherwise. The body names the call and the failure.
+    ComposeCall {
+        call: std::sync::Arc<str>,
+        cause: &'static str,
+        status: StatusCode,
+    },
     /// A fault inside the gateway.
     Internal(String),
 }
@@ -119,6 +127,7 @@ impl GatewayError {
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Self::ComposeCall { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -153,6 +162,10 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "upstream_timeout",
             Self::UpstreamReset { .. } => "upstream_reset",
             Self::UpstreamProtocol { .. } => "upstream_protocol_error",
+            Self::ComposeCall { status, .. } if *status == StatusCode::GATEWAY_TIMEOUT => {
+                "compose_call_timeout"
+            }
+            Self::ComposeCall { .. } => "compose_call_failed",
             Self::Internal(_) => "internal_error",
         }
     }
@@ -184,6 +197,7 @@ impl GatewayError {
             | Self::UpstreamTimeout { .. }
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. }
+            | Self::ComposeCall { .. }
             | Self::AuthUnavailable
             | Self::RateLimitStoreUnavailable => ErrorSide::Upstream,
             Self::Internal(_) | Self::ConcurrencyLimited => ErrorSide::Gateway,
@@ -227,6 +241,10 @@ impl GatewayError {
             Self::UpstreamTimeout { .. } => "the upstream service did not answer in time",
             Self::UpstreamReset { .. } => "the upstream service closed the connection",
             Self::UpstreamProtocol { .. } => "the upstream service sent an invalid response",
+            Self::ComposeCall { status, .. } if *status == StatusCode::GATEWAY_TIMEOUT => {
+                "a required call did not answer in time"
+            }
+            Self::ComposeCall { .. } => "a required call failed",
             Self::Internal(_) => "internal gateway error",
         }
     }
@@ -246,12 +264,27 @@ impl GatewayError {
     /// `{"error":{"status":..,"code":"..","message":"..","request_id":".."}}`.
     pub fn into_response(self, request_id: &str) -> Response {
         let status = self.status();
-        let body = error_json(
-            status.as_u16(),
-            self.code(),
-            self.public_message(),
-            request_id,
-        );
+        let body = match &self {
+            Self::ComposeCall { call, cause, .. } => Bytes::from(
+                serde_json::json!({
+                    "error": {
+                        "status": status.as_u16(),
+                        "code": self.code(),
+                        "message": self.public_message(),
+                        "request_id": request_id,
+                        "call": &**call,
+                        "cause": cause,
+                    }
+                })
+                .to_string(),
+            ),
+            _ => error_json(
+                status.as_u16(),
+                self.code(),
+                self.public_message(),
+                request_id,
+            ),
+        };
         let mut resp = http::Response::new(Body::full(body));
         *resp.status_mut() = status;
         let headers = resp.headers_mut();
@@ -266,6 +299,9 @@ impl GatewayError {
                 headers.insert(WWW_AUTHENTICATE, c);
             }
             Self::RateLimited(extra) => headers.extend(*extra),
+            Self::ComposeCall { status, .. } if status == StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             Self::RateLimitStoreUnavailable | Self::UpstreamOverloaded { .. } => {
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

@@ -89,6 +89,38 @@ impl RequestCtx {
     pub fn request_id_str(&self) -> &str {
         self.request_id.to_str().unwrap_or("")
     }
+
+    /// The context of a call the gateway makes on this request's behalf (a `compose`
+    /// call): the same client, connection, route and request id; its own method and
+    /// target, no parameters, counters or extensions of its own.
+    pub fn child(&self, method: Method, uri: Uri) -> Self {
+        Self {
+            request_id: self.request_id.clone(),
+            started: Instant::now(),
+            peer: self.peer,
+            peer_text: self.peer_text.clone(),
+            client_ip: self.client_ip,
+            peer_trusted: self.peer_trusted,
+            scheme: self.scheme,
+            listener: self.listener.clone(),
+            method,
+            uri,
+            host: self.host.clone(),
+            version: self.version,
+            websocket: false,
+            tls: self.tls.clone(),
+            route: self.route.clone(),
+            params: Params::default(),
+            upstream: None,
+            endpoint: None,
+            upstream_time: None,
+            error: None,
+            identity: None,
+            stats: None,
+            extensions: http::Extensions::new(),
+            rate_limits: [None, None],
+        }
+    }
 }
 
 #[cfg(test)]

@@ -480,6 +480,27 @@ fn build_target(
             stats: env.metrics.route(&route.name, name),
         })
     };
+    if let Some(c) = &route.compose {
+        let calls = Forward {
+            rewrite: Rewrite::None,
+            host_header: HostHeader::Upstream,
+            websocket: false,
+            settings: settings.clone(),
+            hedge: None,
+            fallback: None,
+        };
+        return crate::targets::compose::Compose::build(
+            &format!("{path}.compose"),
+            &route.name,
+            c,
+            params,
+            calls,
+            &bind,
+            env.metrics,
+            p,
+        )
+        .map(Target::Compose);
+    }
     let mut forward = forward;
     if let Some(f) = &route.fallback {
         let action = match (&f.respond, &f.upstream) {

@@ -44,6 +44,7 @@ pub fn record(conn: &Conn, status: u16, code: &'static str, age: Duration) {
         consumer: "",
         error: code,
         completed: true,
+        calls: &[],
     });
     log.write(line);
 }

@@ -1,7 +1,9 @@
 //! Targets: what ends a route. `upstream` forwards to a cluster, `split` forwards to one
-//! of several clusters by weight, `respond` answers from the gateway.
-//! (gRPC transcoding, aggregation and publishing will be targets too.)
+//! of several clusters by weight, `respond` answers from the gateway, `compose` makes
+//! several calls and answers with one JSON document.
+//! (gRPC transcoding and publishing will be targets too.)
 
+pub mod compose;
 pub mod forward;
 pub mod respond;
 pub mod split;
@@ -30,6 +32,8 @@ pub enum Target {
     },
     /// Answer from the gateway.
     Respond(respond::Respond),
+    /// Several calls, one JSON answer.
+    Compose(compose::Compose),
 }
 
 impl Target {
@@ -42,6 +46,7 @@ impl Target {
                 forward.forward(ctx, req, binding).await
             }
             Target::Respond(r) => Ok(r.call(ctx)),
+            Target::Compose(c) => c.call(ctx, req).await,
         }
     }
 
@@ -51,6 +56,7 @@ impl Target {
             Target::Upstream { binding, .. } => format!("upstream `{}`", binding.cluster.name),
             Target::Split { split, .. } => format!("split {}", split.describe()),
             Target::Respond(r) => format!("respond {}", r.status()),
+            Target::Compose(c) => c.describe(),
         }
     }
 
@@ -58,7 +64,7 @@ impl Target {
     pub fn forward(&self) -> Option<&Forward> {
         match self {
             Target::Upstream { forward, .. } | Target::Split { forward, .. } => Some(forward),
-            Target::Respond(_) => None,
+            Target::Respond(_) | Target::Compose(_) => None,
         }
     }
 }

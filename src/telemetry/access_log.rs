@@ -111,7 +111,32 @@ pub struct Record<'a> {
     pub consumer: &'a str,
     pub error: &'a str,
     pub completed: bool,
+    /// The calls of a `compose` route (empty for other routes).
+    pub calls: &'a [CallTrace],
 }
+
+/// One call of a `compose` route, as its access-log line lists it.
+#[derive(Debug, Clone)]
+pub struct CallTrace {
+    /// The call's name.
+    pub call: Arc<str>,
+    /// The upstream called.
+    pub upstream: Arc<str>,
+    /// The endpoint that answered (or was tried).
+    pub endpoint: Option<SocketAddr>,
+    /// The upstream's status (0: no answer).
+    pub status: u16,
+    /// From the call's start to its parsed answer (`None`: not sent).
+    pub duration: Option<Duration>,
+    /// `ok`, `failed`, `timeout` or `skipped`.
+    pub outcome: &'static str,
+    /// The failure's code (`""`: none).
+    pub error: &'static str,
+}
+
+/// The calls of a `compose` route, kept in the request's extensions for its log line.
+#[derive(Debug, Clone, Default)]
+pub struct CallTraces(pub Vec<CallTrace>);
 
 /// Formats `r` as one JSON object.
 pub fn format(r: &Record<'_>) -> String {
@@ -150,6 +175,33 @@ pub fn format(r: &Record<'_>) -> String {
     if !r.completed {
         s.push_str(",\"completed\":false");
     }
+    if !r.calls.is_empty() {
+        s.push_str(",\"calls\":[");
+        for (i, c) in r.calls.iter().enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            s.push_str("{\"call\":\"");
+            escape_into(&mut s, &c.call);
+            s.push('"');
+            field(&mut s, "upstream", &c.upstream);
+            if let Some(ep) = c.endpoint {
+                field(&mut s, "endpoint", &ep.to_string());
+            }
+            if c.status != 0 {
+                number(&mut s, "status", u64::from(c.status));
+            }
+            if let Some(d) = c.duration {
+                millis(&mut s, "duration_ms", d);
+            }
+            field(&mut s, "outcome", c.outcome);
+            if !c.error.is_empty() {
+                field(&mut s, "error", c.error);
+            }
+            s.push('}');
+        }
+        s.push(']');
+    }
     s.push('}');
     s
 }
@@ -158,6 +210,11 @@ fn field(s: &mut String, key: &str, value: &str) {
     s.push_str(",\"");
     s.push_str(key);
     s.push_str("\":\"");
+    escape_into(s, value);
+    s.push('"');
+}
+
+fn escape_into(s: &mut String, value: &str) {
     for c in value.chars() {
         match c {
             '"' => s.push_str("\\\""),
@@ -168,7 +225,6 @@ fn field(s: &mut String, key: &str, value: &str) {
             c => s.push(c),
         }
     }
-    s.push('"');
 }
 
 fn number(s: &mut String, key: &str, value: u64) {
@@ -262,6 +318,7 @@ mod tests {
             consumer: "acme",
             error: "",
             completed: true,
+            calls: &[],
         });
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(v["path"], "/users/\"7\"\n");

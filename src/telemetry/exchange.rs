@@ -106,6 +106,10 @@ impl Exchange {
                 .error
                 .unwrap_or(if completed { "" } else { "response_incomplete" }),
             completed,
+            calls: ctx
+                .extensions
+                .get::<access_log::CallTraces>()
+                .map_or(&[], |c| &c.0),
         });
         log.write(line);
     }

@@ -54,6 +54,56 @@ pub struct RouteStats {
     cells: [[OnceLock<Box<Cell>>; 5]; 8],
 }
 
+impl Cell {
+    fn record(&self, elapsed: Duration) {
+        let micros = elapsed.as_micros() as u64;
+        let bucket = BUCKETS_MICROS
+            .iter()
+            .position(|b| micros <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(micros, Relaxed);
+    }
+
+    /// Writes the histogram `name` with `labels`; returns its count.
+    fn render(&self, out: &mut String, name: &str, labels: &str) -> u64 {
+        let mut cumulative = 0;
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.buckets[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {cumulative}");
+        cumulative
+    }
+}
+
+/// The outcomes of `turnpike_compose_calls_total`, in [`CallStats::record`] order.
+pub const CALL_OUTCOMES: [&str; 4] = ["ok", "failed", "timeout", "skipped"];
+
+/// Counters of one call of one `compose` route.
+pub struct CallStats {
+    route: Arc<str>,
+    call: Arc<str>,
+    upstream: Arc<str>,
+    outcomes: [AtomicU64; 4],
+    latency: Cell,
+}
+
+impl CallStats {
+    /// Counts one call by outcome (an index into [`CALL_OUTCOMES`]); a call that was
+    /// sent also counts its time.
+    pub fn record(&self, outcome: usize, elapsed: Option<Duration>) {
+        self.outcomes[outcome.min(3)].fetch_add(1, Relaxed);
+        if let Some(e) = elapsed {
+            self.latency.record(e);
+        }
+    }
+}
+
 impl RouteStats {
     fn new(route: Arc<str>, upstream: Arc<str>) -> Self {
         Self {
@@ -67,13 +117,7 @@ impl RouteStats {
     /// (method, status class) pair is seen.
     pub fn record(&self, method: usize, status: u16, elapsed: Duration) {
         let cell = self.cells[method.min(7)][class_index(status)].get_or_init(Box::default);
-        let micros = elapsed.as_micros() as u64;
-        let bucket = BUCKETS_MICROS
-            .iter()
-            .position(|b| micros <= *b)
-            .unwrap_or(BUCKETS.len());
-        cell.buckets[bucket].fetch_add(1, Relaxed);
-        cell.sum_micros.fetch_add(micros, Relaxed);
+        cell.record(elapsed);
     }
 
     /// Requests counted so far for one method and status class.
@@ -142,6 +186,8 @@ impl ConsumerStats {
 
 /// (route, upstream).
 type RouteKey = (Arc<str>, Arc<str>);
+/// (route, call, upstream).
+type CallKey = (Arc<str>, Arc<str>, Arc<str>);
 
 /// Every metric of the process.
 #[derive(Default)]
@@ -175,6 +221,7 @@ pub struct Metrics {
     routes: Mutex<HashMap<RouteKey, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
     consumers: Mutex<HashMap<Arc<str>, Arc<ConsumerStats>>>,
+    calls: Mutex<HashMap<CallKey, Arc<CallStats>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -262,8 +309,27 @@ impl Metrics {
             .clone()
     }
 
+    /// The counters of call `call` of `compose` route `route` to `upstream`. Called
+    /// when a snapshot is compiled.
+    pub fn compose_call(&self, route: &str, call: &str, upstream: &str) -> Arc<CallStats> {
+        let key: CallKey = (Arc::from(route), Arc::from(call), Arc::from(upstream));
+        lock(&self.calls)
+            .entry(key.clone())
+            .or_insert_with(|| {
+                Arc::new(CallStats {
+                    route: key.0,
+                    call: key.1,
+                    upstream: key.2,
+                    outcomes: Default::default(),
+                    latency: Cell::default(),
+                })
+            })
+            .clone()
+    }
+
     /// Forgets counters that no live snapshot uses any more (after a reload).
     pub fn prune(&self) {
+        lock(&self.calls).retain(|_, v| Arc::strong_count(v) > 1);
         lock(&self.routes).retain(|_, v| Arc::strong_count(v) > 1);
         lock(&self.upstreams).retain(|_, v| Arc::strong_count(v) > 1);
         lock(&self.consumers).retain(|_, v| Arc::strong_count(v) > 1);
@@ -275,6 +341,7 @@ impl Metrics {
         self.render_requests(&mut out);
         self.render_upstreams(&mut out);
         self.render_consumers(&mut out);
+        self.render_calls(&mut out);
         let gauges: [Series; 11] = [
             (
                 "turnpike_requests_in_flight",
@@ -375,25 +442,41 @@ impl Metrics {
                         CLASSES[c],
                         escape(&stats.upstream)
                     );
-                    let mut cumulative = 0;
-                    for (i, bound) in BUCKETS.iter().enumerate() {
-                        cumulative += cell.buckets[i].load(Relaxed);
-                        let _ = writeln!(hist, "turnpike_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
-                    }
-                    cumulative += cell.buckets[BUCKETS.len()].load(Relaxed);
-                    let _ = writeln!(hist, "turnpike_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {cumulative}");
-                    let sum = cell.sum_micros.load(Relaxed) as f64 / 1e6;
-                    let _ = writeln!(
-                        hist,
-                        "turnpike_request_duration_seconds_sum{{{labels}}} {sum}"
-                    );
-                    let _ = writeln!(
-                        hist,
-                        "turnpike_request_duration_seconds_count{{{labels}}} {cumulative}"
-                    );
+                    let cumulative =
+                        cell.render(&mut hist, "turnpike_request_duration_seconds", &labels);
                     let _ = writeln!(out, "turnpike_requests_total{{{labels}}} {cumulative}");
                 }
             }
+        }
+        out.push_str(&hist);
+    }
+
+    fn render_calls(&self, out: &mut String) {
+        let mut calls: Vec<Arc<CallStats>> = lock(&self.calls).values().cloned().collect();
+        if calls.is_empty() {
+            return;
+        }
+        calls.sort_by(|a, b| {
+            (&a.route, &a.call, &a.upstream).cmp(&(&b.route, &b.call, &b.upstream))
+        });
+        out.push_str("# HELP turnpike_compose_calls_total Calls made by compose routes, by route, call, upstream and outcome (ok, failed, timeout, skipped).\n# TYPE turnpike_compose_calls_total counter\n");
+        let mut hist = String::from("# HELP turnpike_compose_call_duration_seconds Time of one compose call, from its start to its parsed answer.\n# TYPE turnpike_compose_call_duration_seconds histogram\n");
+        for c in &calls {
+            let labels = format!(
+                "route=\"{}\",call=\"{}\",upstream=\"{}\"",
+                escape(&c.route),
+                escape(&c.call),
+                escape(&c.upstream)
+            );
+            for (i, outcome) in CALL_OUTCOMES.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "turnpike_compose_calls_total{{{labels},outcome=\"{outcome}\"}} {}",
+                    c.outcomes[i].load(Relaxed)
+                );
+            }
+            c.latency
+                .render(&mut hist, "turnpike_compose_call_duration_seconds", &labels);
         }
         out.push_str(&hist);
     }

@@ -9,6 +9,7 @@ mod auth;
 mod balancing;
 mod capture;
 mod cli;
+mod compose;
 mod edge;
 mod failures;
 mod faults;
