@@ -151,9 +151,22 @@ async fn route(rt: &Arc<Runtime>, req: http::Request<Incoming>) -> AdminResponse
     }
 }
 
-fn json(status: StatusCode, value: serde_json::Value) -> AdminResponse {
+fn json(status: StatusCode, mut value: serde_json::Value) -> AdminResponse {
+    sort_keys(&mut value);
     let body = serde_json::to_vec_pretty(&value).unwrap_or_default();
     text(status, "application/json", body)
+}
+
+/// Object keys in alphabetical order, at every level (the documented admin output).
+fn sort_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.sort_keys();
+            m.values_mut().for_each(sort_keys);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(sort_keys),
+        _ => {}
+    }
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> AdminResponse {

@@ -39,6 +39,7 @@ fn validate_accepts_the_quickstart_and_lists_every_problem_otherwise() {
         "tls.yaml",
         "auth.yaml",
         "resilience.yaml",
+        "bff.yaml",
     ] {
         let (code, out, err) = turnpike(&["validate", "-c", &example(name)]);
         assert_eq!(code, 0, "{name}: {out}{err}");
@@ -108,6 +109,28 @@ fn explain_shows_the_resilience_settings_that_apply() {
         "  retry:     {\"attempts\":2,",
         "hedge:    {\"after\":\"150ms\",\"max\":1}",
         "fallback: respond 503 on [circuit_open, no_healthy_endpoint, upstream_timeout]",
+    ] {
+        assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
+    }
+}
+
+#[test]
+fn explain_shows_the_call_graph_of_a_compose_route() {
+    let (code, out, err) = turnpike(&[
+        "explain",
+        "-c",
+        &example("bff.yaml"),
+        "GET",
+        "http://localhost:8080/api/user-profile/123",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    for expected in [
+        "target:   compose [user, orders, preferences, last_order]",
+        "compose:  timeout 800ms",
+        "  stage 1: user -> GET `users` /users/123 (timeout 800ms, required)",
+        "  stage 1: orders -> GET `orders` /users/123/orders?limit=5 (timeout 300ms, optional)",
+        "  stage 1: preferences -> GET `prefs` /users/123/preferences (timeout 800ms, optional)",
+        "  stage 2: last_order -> GET `orders` /orders/${orders[0].id} (timeout 800ms, optional, after orders)",
     ] {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
     }

@@ -369,21 +369,27 @@ impl Compose {
         let mut out = vec![format!("compose:  timeout {:?}", self.timeout)];
         let none: Vec<Option<Value>> = vec![None; self.calls.len()];
         for (i, c) in self.calls.iter().enumerate() {
-            let target = c
+            let mut target = c
                 .path
                 .render(ctx, parts, &none, Place::Path)
                 .unwrap_or_else(|_| c.path_text.clone());
+            for (k, t) in &c.query {
+                target.push(if target.contains('?') { '&' } else { '?' });
+                let v = t
+                    .render(ctx, parts, &none, Place::Query)
+                    .unwrap_or_else(|_| "(from the request)".into());
+                target.push_str(&format!("{k}={v}"));
+            }
             let waits: Vec<&str> = (0..self.calls.len())
                 .filter(|j| c.deps & (1 << j) != 0)
                 .map(|j| &*self.calls[j].name)
                 .collect();
             let mut line = format!(
-                "  stage {}: {} -> {} `{}` {target}{} (timeout {:?}",
+                "  stage {}: {} -> {} `{}` {target} (timeout {:?}",
                 stages[i],
                 c.name,
                 c.method,
                 c.binding.cluster.name,
-                if c.query.is_empty() { "" } else { "?..." },
                 c.timeout,
             );
             line.push_str(if c.required {
