@@ -24,6 +24,9 @@ the same run. Workloads:
   W3  a rate limit exceeded, nearly every request 429: turnpike local and Redis stores,
       HAProxy (stick-table) and Envoy (local_ratelimit), against turnpike and nginx
       proxying (200)
+  W5  aggregation: one request composed from three calls (a compose route) against the
+      same three calls made by the client through turnpike plain and nginx plain, in the
+      same rounds (the baseline is 3 x their W1 CPU per request)
   W4  memory: RSS at start (quickstart config), bytes per idle keep-alive connection
       (5000 connections after one request each), peak RSS at 1000 active connections
   counts  (--counts) user-space instructions per request (callgrind) and system calls
@@ -76,6 +79,7 @@ VARIANTS = {
     "turnpike-w2-redis": (ROOT / "bench" / "turnpike-w2-redis.yaml", f"Authorization: Bearer {JWT}"),
     "turnpike-w2-redis-batch": (ROOT / "bench" / "turnpike-w2-redis-batch.yaml", f"Authorization: Bearer {JWT}"),
     "turnpike-w1r": (ROOT / "bench" / "turnpike-w1r.yaml", None),
+    "turnpike-w5": (ROOT / "bench" / "turnpike-w5.yaml", None),
     "turnpike-w3": (ROOT / "bench" / "turnpike-w3.yaml", None),
     "turnpike-w3-redis": (ROOT / "bench" / "turnpike-w3-redis.yaml", None),
     "turnpike-w3-redis-batch": (ROOT / "bench" / "turnpike-w3-redis-batch.yaml", None),
@@ -292,7 +296,11 @@ def check_refusal(port, header=None):
     raise SystemExit(f"port {port} did not refuse")
 
 
-def check_guard(port, scheme="http", header=None):
+BODY = b'{"ok":true,"msg":"hello"}'
+COMPOSED = b'{"a":' + BODY + b',"b":' + BODY + b',"c":' + BODY + b'}'
+
+
+def check_guard(port, scheme="http", header=None, expect=BODY):
     """0 socket errors, 0 unexpected statuses, the right body, before timing."""
     import ssl
     ctx = ssl.create_default_context(cafile=str(ROOT / "examples" / "tls" / "ca.pem"))
@@ -302,7 +310,7 @@ def check_guard(port, scheme="http", header=None):
         k, v = header.split(": ", 1)
         req.add_header(k, v)
     body = urllib.request.urlopen(req, timeout=5, context=ctx if scheme == "https" else None).read()
-    if body != b'{"ok":true,"msg":"hello"}':
+    if body != expect:
         raise SystemExit(f"unexpected body from port {port}: {body!r}")
 
 
@@ -413,7 +421,7 @@ def compare(args, proxies, names, label):
             if refuses(name):
                 check_refusal(port_of(name), header)
             else:
-                check_guard(port_of(name), header=header)
+                check_guard(port_of(name), header=header, expect=COMPOSED if name.endswith("-w5") else BODY)
             row[name] = measure(proc.pid, upstream.pid, port_of(name), args.duration, args.warmup, header=header,
                                 extra_pid=rpid if "redis" in name else None)
             stop(proc)
@@ -447,6 +455,16 @@ def w2rl(args, proxies):
 
 def w1r(args, proxies):
     return compare(args, proxies, ["nginx", "turnpike", "turnpike-w1r"], "W1R")
+
+
+def w5(args, proxies):
+    out = compare(args, proxies, ["nginx", "turnpike", "turnpike-w5"], "W5")
+    kept = [r for r in out["rounds"] if r["kept"]] or out["rounds"]
+    per = lambda base: statistics.median(
+        r["turnpike-w5"]["cpu_us_per_req"] / (3 * r[base]["cpu_us_per_req"]) for r in kept)
+    out["over_three_turnpike"] = per("turnpike")
+    out["over_three_nginx"] = per("nginx")
+    return out
 
 
 def w3(args, proxies):
@@ -558,7 +576,8 @@ def counts(args, proxies):
     names = ["nginx", "turnpike"] + (["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b"] if "w2" in wanted else []) \
         + (["turnpike-w2", "turnpike-w2-redis", "turnpike-w2-redis-batch"] if "w2rl" in wanted else []) \
         + (["turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch"] if "w3" in wanted else []) \
-        + (["turnpike-w1r"] if "w1r" in wanted else [])
+        + (["turnpike-w1r"] if "w1r" in wanted else []) \
+        + (["turnpike-w5"] if "w5" in wanted else [])
     for name in names:
         header = VARIANTS.get(name, (None, None))[1]
         cg = Path(tempfile.mkdtemp()) / "callgrind.out"
@@ -596,7 +615,8 @@ def counts(args, proxies):
     stop(upstream)
     proxies.procs.clear()
     for v in ["turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2", "turnpike-w2-redis",
-              "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch", "turnpike-w1r"]:
+              "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch", "turnpike-w1r",
+              "turnpike-w5"]:
         if v in out:
             out[f"{v}_added_instructions"] = out[v]["instructions_per_req"] - out["turnpike"]["instructions_per_req"]
     out["instructions_ratio"] = out["turnpike"]["instructions_per_req"] / out["nginx"]["instructions_per_req"]
@@ -662,6 +682,17 @@ def report(results):
             lines.append(f"| {n} | {w['cpu_us_per_req'][n]:.2f} | {w['rps'][n]:.0f} | {w['over_turnpike'][n]:.2f} | "
                          f"{w['over_nginx'][n]:.2f} | {'' if redis is None else f'{redis:.2f}'} |")
         lines.append("")
+    if "w5" in results:
+        w = results["w5"]
+        c = w["cpu_us_per_req"]
+        lines += ["## W5: one request composed from three calls, against the client making the three calls",
+                  f"Rounds kept: {w['kept']} of {len(w['rounds'])}.", "",
+                  "| | CPU µs per client request (median) | requests/s |", "|---|---|---|",
+                  f"| nginx plain, one call | {c['nginx']:.2f} | {w['rps']['nginx']:.0f} |",
+                  f"| turnpike plain, one call | {c['turnpike']:.2f} | {w['rps']['turnpike']:.0f} |",
+                  f"| turnpike compose, three calls | {c['turnpike-w5']:.2f} | {w['rps']['turnpike-w5']:.0f} |", "",
+                  f"**Composed request / three proxied calls (paired, median): {w['over_three_turnpike']:.2f} x turnpike's, "
+                  f"{w['over_three_nginx']:.2f} x nginx's.**", ""]
     if "w4" in results:
         m = results["w4"]
         lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",
@@ -673,7 +704,7 @@ def report(results):
         lines += ["## Noise-free counts (fixed request count)", "| | instructions/request | syscalls/request |", "|---|---|---|"]
         for n in ["nginx", "turnpike", "turnpike-w1r", "turnpike-w2a", "turnpike-w2a-nocache", "turnpike-w2b", "turnpike-w2",
                   "turnpike-w2-redis", "turnpike-w2-redis-batch", "turnpike-w3", "turnpike-w3-redis",
-                  "turnpike-w3-redis-batch"]:
+                  "turnpike-w3-redis-batch", "turnpike-w5"]:
             if n in c:
                 lines.append(f"| {n} | {c[n]['instructions_per_req']:.0f} | {c[n]['syscalls_per_req']:.2f} |")
         lines += ["", f"Ratios turnpike / nginx: instructions {c['instructions_ratio']:.2f}, syscalls {c['syscalls_ratio']:.2f}.", ""]
@@ -686,7 +717,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1r, w2, w2rl, w3, w1tls, latency, w4 (empty for none)")
+    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1r, w2, w2rl, w3, w5, w1tls, latency, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
     ap.add_argument("--latency-rounds", type=int, default=3)
@@ -709,6 +740,8 @@ def main():
                 results["w3"] = w3(args, proxies)
             if "w1r" in wanted:
                 results["w1r"] = w1r(args, proxies)
+            if "w5" in wanted:
+                results["w5"] = w5(args, proxies)
             if "w1tls" in wanted:
                 results["w1tls"] = w1(args, proxies, tls=True)
             if "latency" in wanted:

@@ -715,3 +715,64 @@ routes:
     assert_eq!(r.json()["a"]["n"], 1);
     assert_eq!(flaky.load(SeqCst), 2, "one retry after the 503");
 }
+
+#[tokio::test]
+async fn a_reload_changes_the_calls_and_a_bad_graph_keeps_the_old_ones() {
+    let (svc, log, _) = service(vec![("/v1", ok(r#"{"v":1}"#)), ("/v2", ok(r#"{"v":2}"#))]).await;
+    let route = |path: &str| {
+        format!(
+            "  - name: r\n    match: {{path: /x}}\n    compose:\n      calls:\n        - {{name: a, upstream: s, path: \"{path}\"}}\n"
+        )
+    };
+    let gw = gateway(&config(&[("s", &svc)], &route("/v1"))).await;
+    let base = url(&gw, "public");
+    assert_eq!(get(&format!("{base}/x"), &[]).await.json()["a"]["v"], 1);
+    let load = |yaml: &str| turnpike::config::load_str(yaml, std::path::Path::new(".")).unwrap();
+    gw.runtime()
+        .apply(load(&config(&[("s", &svc)], &route("/v2"))))
+        .await
+        .unwrap();
+    assert_eq!(get(&format!("{base}/x"), &[]).await.json()["a"]["v"], 2);
+    // A reference to a call that does not exist is refused; the running calls stay.
+    let err = gw
+        .runtime()
+        .apply(load(&config(&[("s", &svc)], &route("/v3/${ghost.id}"))))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("ghost"), "{err}");
+    assert_eq!(get(&format!("{base}/x"), &[]).await.json()["a"]["v"], 2);
+    let targets: Vec<String> = seen(&log).into_iter().map(|s| s.target).collect();
+    assert_eq!(targets, ["/v1", "/v2", "/v2"]);
+}
+
+#[tokio::test]
+async fn a_required_call_still_waiting_when_time_runs_out_fails_the_request() {
+    let (svc, log, _) = service(vec![
+        ("/slow", ok(r#"{"id":"s"}"#).after(3_000)),
+        ("/need/s", ok("{}")),
+    ])
+    .await;
+    let route = r#"
+  - name: r
+    match: {path: /x}
+    compose:
+      timeout: 300ms
+      calls:
+        - {name: slow, upstream: s, path: /slow}
+        - {name: need, upstream: s, path: "/need/${slow.id}", required: true}
+"#;
+    let gw = gateway(&config(&[("s", &svc)], route)).await;
+    let r = get(&format!("{}/x", url(&gw, "public")), &[]).await;
+    assert_eq!(r.status, 504, "{:?}", r.body);
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "compose_call_timeout");
+    assert_eq!(e["call"], "need");
+    // Its source timed out (`dependency_failed`), or the composition's time ran out while
+    // it waited (`call_timeout`): both at the same instant, both a timeout.
+    let cause = e["cause"].as_str().unwrap();
+    assert!(
+        ["call_timeout", "dependency_failed"].contains(&cause),
+        "{cause}"
+    );
+    assert_eq!(seen(&log).len(), 1, "the required call was never sent");
+}

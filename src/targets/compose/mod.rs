@@ -109,8 +109,9 @@ enum Kind {
     Status(u16),
     /// The upstream takes no calls now (breaker open, no healthy endpoint, limits).
     Unavailable,
-    /// Not sent: a dependency failed or a value it needs is missing.
-    Skipped,
+    /// Not sent: a dependency failed or a value it needs is missing; `late` when the
+    /// cause was a lack of time (a dependency timed out).
+    Skipped { late: bool },
     /// Anything else: connection failures, unusable answers.
     Other,
 }
@@ -133,15 +134,18 @@ impl Failure {
     fn outcome(&self) -> (&'static str, usize) {
         match self.kind {
             Kind::Timeout => ("timeout", 2),
-            Kind::Skipped => ("skipped", 3),
+            Kind::Skipped { .. } => ("skipped", 3),
             _ => ("failed", 1),
         }
     }
 
     /// The client's status when a required call failed this way.
     fn status(&self) -> StatusCode {
+        if self.code == CALL_TIMEOUT.code {
+            return StatusCode::GATEWAY_TIMEOUT;
+        }
         match self.kind {
-            Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Timeout | Kind::Skipped { late: true } => StatusCode::GATEWAY_TIMEOUT,
             Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Kind::Status(s) if (400..500).contains(&s) => {
                 StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY)
@@ -163,9 +167,9 @@ struct Done {
 }
 
 impl Done {
-    fn skipped(code: &'static str) -> Self {
+    fn skipped(code: &'static str, late: bool) -> Self {
         Self {
-            result: Err(Failure::new(code, Kind::Skipped)),
+            result: Err(Failure::new(code, Kind::Skipped { late })),
             status: 0,
             endpoint: None,
             elapsed: None,
@@ -386,11 +390,7 @@ impl Compose {
                 .collect();
             let mut line = format!(
                 "  stage {}: {} -> {} `{}` {target} (timeout {:?}",
-                stages[i],
-                c.name,
-                c.method,
-                c.binding.cluster.name,
-                c.timeout,
+                stages[i], c.name, c.method, c.binding.cluster.name, c.timeout,
             );
             line.push_str(if c.required {
                 ", required"
@@ -414,7 +414,9 @@ impl Compose {
         let n = self.calls.len();
         let mut results: Vec<Option<Value>> = vec![None; n];
         let mut done: Vec<Option<Done>> = (0..n).map(|_| None).collect();
-        let (mut started, mut finished, mut failed) = (0u64, 0u64, 0u64);
+        // Bit sets of calls: started (or skipped), done, failed, and failed for lack of
+        // time.
+        let (mut started, mut finished, mut failed, mut late_mask) = (0u64, 0u64, 0u64, 0u64);
         let mut running = FuturesUnordered::new();
         let mut fatal: Option<usize> = None;
         'run: loop {
@@ -430,15 +432,18 @@ impl Compose {
                     }
                     started |= bit;
                     if call.deps & failed != 0 {
-                        settled.push((i, Done::skipped("dependency_failed")));
+                        // Late when a dependency ran out of time.
+                        let late = call.deps & late_mask != 0;
+                        settled.push((i, Done::skipped("dependency_failed", late)));
                         finished |= bit;
                         failed |= bit;
+                        late_mask |= if late { bit } else { 0 };
                         continue;
                     }
                     match self.prepare(ctx, &parts, call, &results) {
                         Ok((child, req)) => running.push(self.run(child, i, req, deadline)),
                         Err(code) => {
-                            settled.push((i, Done::skipped(code)));
+                            settled.push((i, Done::skipped(code, false)));
                             finished |= bit;
                             failed |= bit;
                         }
@@ -465,8 +470,11 @@ impl Compose {
                     results[i] = value;
                     match d.result {
                         Ok(()) => {}
-                        Err(_) => {
+                        Err(f) => {
                             failed |= bit;
+                            if f.kind == Kind::Timeout {
+                                late_mask |= bit;
+                            }
                             if self.calls[i].required {
                                 fatal = Some(i);
                             }
@@ -479,23 +487,32 @@ impl Compose {
                 }
                 Ok(None) => break,
                 Err(_) => {
-                    // The composition's time is up: what still runs timed out.
+                    // The composition's time is up: what still runs timed out, and what
+                    // still waits for it will not run.
                     for (i, slot) in done.iter_mut().enumerate() {
-                        if slot.is_none() && started & (1 << i) != 0 {
-                            let mut d = Done::skipped("");
+                        if slot.is_some() {
+                            continue;
+                        }
+                        *slot = Some(if started & (1 << i) != 0 {
+                            let mut d = Done::skipped("", false);
                             d.result = Err(CALL_TIMEOUT);
                             d.elapsed = Some(start.elapsed());
-                            *slot = Some(d);
-                            if self.calls[i].required {
-                                fatal.get_or_insert(i);
-                            }
-                        }
+                            d
+                        } else {
+                            Done::skipped("call_timeout", true)
+                        });
                     }
                     break;
                 }
             }
         }
         drop(running);
+        // A required call that failed, or did not run, fails the request.
+        if fatal.is_none() {
+            fatal = self.calls.iter().enumerate().position(|(i, c)| {
+                c.required && !matches!(done[i].as_ref().map(|d| &d.result), Some(Ok(())))
+            });
+        }
         ctx.upstream_time = Some(start.elapsed());
         self.account(ctx, &mut done);
         if let Some(i) = fatal {
