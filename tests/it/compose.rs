@@ -776,3 +776,32 @@ async fn a_required_call_still_waiting_when_time_runs_out_fails_the_request() {
     );
     assert_eq!(seen(&log).len(), 1, "the required call was never sent");
 }
+
+#[tokio::test]
+async fn merged_members_replace_earlier_ones_in_place_and_raw_answers_pass_through() {
+    let (svc, _, _) = service(vec![
+        ("/m1", ok(r#"{"a":1,"b":1}"#)),
+        ("/m2", ok(r#"{"b":2,"c":2}"#)),
+        ("/raw", ok("  [1, 2.50, \"\\u00e9\"]\n")),
+    ])
+    .await;
+    let route = r#"
+  - name: r
+    match: {path: /x}
+    compose:
+      calls:
+        - {name: m1, upstream: s, path: /m1, merge: true}
+        - {name: raw, upstream: s, path: /raw}
+        - {name: m2, upstream: s, path: /m2, merge: true}
+"#;
+    let gw = gateway(&config(&[("s", &svc)], route)).await;
+    let r = get(&format!("{}/x", url(&gw, "public")), &[]).await;
+    assert_eq!(r.status, 200);
+    // An answer nothing reads into is copied byte for byte (spacing, number forms and
+    // escapes kept); merged members keep their first place and take the last value.
+    assert_eq!(
+        std::str::from_utf8(&r.body).unwrap(),
+        "{\"a\":1,\"b\":2,\"raw\":  [1, 2.50, \"\\u00e9\"]\n,\"c\":2}"
+    );
+    assert_eq!(r.json()["raw"][2], "é");
+}

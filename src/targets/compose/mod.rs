@@ -76,6 +76,8 @@ pub struct Call {
     select: Vec<String>,
     omit: Vec<String>,
     max_body: u64,
+    /// Its answer is copied as it is (see [`Got`]).
+    raw: bool,
     /// The calls it waits for, as a bit set.
     deps: u64,
     stats: Arc<CallStats>,
@@ -156,6 +158,14 @@ impl Failure {
 }
 
 const CALL_TIMEOUT: Failure = Failure::new("call_timeout", Kind::Timeout);
+
+/// A call's result: parsed when something reads into it (a reference, `take`,
+/// `select`, `omit`, `merge`), otherwise its bytes, checked to be JSON and copied into
+/// the answer as they are (no tree is built and written again).
+enum Got {
+    Value(Value),
+    Raw(Bytes),
+}
 
 /// How one call ended.
 struct Done {
@@ -320,11 +330,17 @@ impl Compose {
                 select: c.select.clone(),
                 omit: c.omit.clone(),
                 max_body: c.max_body.0,
+                raw: c.take.is_none() && c.select.is_empty() && c.omit.is_empty() && !c.merge,
                 deps,
             });
         }
         if p.count() > before || calls.len() != spec.calls.len() {
             return None;
+        }
+        // A call another one reads is parsed.
+        let read = calls.iter().fold(0u64, |m, c| m | c.deps);
+        for (i, c) in calls.iter_mut().enumerate() {
+            c.raw &= read & (1 << i) == 0;
         }
         if let Some(cycle) = find_cycle(&calls) {
             let names: Vec<&str> = cycle.iter().map(|&i| &*calls[i].name).collect();
@@ -413,6 +429,7 @@ impl Compose {
         let deadline = start + self.timeout;
         let n = self.calls.len();
         let mut results: Vec<Option<Value>> = vec![None; n];
+        let mut raws: Vec<Option<Bytes>> = vec![None; n];
         let mut done: Vec<Option<Done>> = (0..n).map(|_| None).collect();
         // Bit sets of calls: started (or skipped), done, failed, and failed for lack of
         // time.
@@ -467,7 +484,11 @@ impl Compose {
                 Ok(Some((i, d, value))) => {
                     let bit = 1u64 << i;
                     finished |= bit;
-                    results[i] = value;
+                    match value {
+                        Some(Got::Value(v)) => results[i] = Some(v),
+                        Some(Got::Raw(b)) => raws[i] = Some(b),
+                        None => {}
+                    }
                     match d.result {
                         Ok(()) => {}
                         Err(f) => {
@@ -526,7 +547,7 @@ impl Compose {
                 status: f.status(),
             });
         }
-        Ok(self.answer(&mut results, &mut done))
+        Ok(self.answer(&mut results, &mut raws, &mut done))
     }
 
     /// Builds a call's request from the client's request and the results so far.
@@ -598,7 +619,7 @@ impl Compose {
         i: usize,
         req: Request,
         deadline: Instant,
-    ) -> (usize, Done, Option<Value>) {
+    ) -> (usize, Done, Option<Got>) {
         let call = &self.calls[i];
         let began = Instant::now();
         let until = deadline.min(began + call.timeout);
@@ -637,7 +658,7 @@ impl Compose {
         req: Request,
         binding: &Binding,
         call: &Call,
-    ) -> Result<(Value, u16, HeaderMap), (Failure, u16)> {
+    ) -> Result<(Got, u16, HeaderMap), (Failure, u16)> {
         let resp = self
             .forward
             .forward(child, req, binding)
@@ -661,6 +682,11 @@ impl Compose {
             if !shape::depth_within(&bytes, self.max_depth) {
                 return Err(fail("too_deep"));
             }
+            if call.raw {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+                    .map_err(|_| fail("not_json"))?;
+                return Ok((Got::Raw(bytes), status, head.headers));
+            }
             serde_json::from_slice::<Value>(&bytes).map_err(|_| fail("not_json"))?
         };
         if let Some(ptr) = &call.take {
@@ -678,7 +704,7 @@ impl Compose {
         if call.member.is_none() && !value.is_object() {
             return Err(fail("not_an_object"));
         }
-        Ok((value, status, head.headers))
+        Ok((Got::Value(value), status, head.headers))
     }
 
     /// Counts every call and leaves their list for the access log.
@@ -711,14 +737,19 @@ impl Compose {
     }
 
     /// The composed answer.
-    fn answer(&self, results: &mut [Option<Value>], done: &mut [Option<Done>]) -> Response {
-        let mut root = serde_json::Map::new();
+    fn answer(
+        &self,
+        results: &mut [Option<Value>],
+        raws: &mut [Option<Bytes>],
+        done: &mut [Option<Done>],
+    ) -> Response {
+        let mut doc = Document::default();
         let mut partial: Vec<&str> = Vec::new();
         let mut errors = serde_json::Map::new();
         let mut cache = CacheControl::default();
         for (i, call) in self.calls.iter().enumerate() {
             let d = done[i].as_ref();
-            let value = match d.map(|d| &d.result) {
+            let content = match d.map(|d| &d.result) {
                 Some(Ok(_)) => {
                     let headers = d.and_then(|d| d.headers.as_ref());
                     cache.add(
@@ -726,7 +757,10 @@ impl Compose {
                             .and_then(|h| h.get(CACHE_CONTROL))
                             .and_then(|v| v.to_str().ok()),
                     );
-                    results[i].take()
+                    match (raws[i].take(), results[i].take()) {
+                        (Some(b), _) => Some(Got::Raw(b)),
+                        (None, v) => v.map(Got::Value),
+                    }
                 }
                 failure => {
                     partial.push(&call.name);
@@ -743,23 +777,25 @@ impl Compose {
                         }
                         errors.insert(call.name.to_string(), Value::Object(e));
                     }
-                    call.default.clone()
+                    call.default.clone().map(Got::Value)
                 }
             };
-            let Some(value) = value else { continue };
-            match (&call.member, value) {
-                (Some(m), v) => {
-                    root.insert(m.clone(), v);
+            match (&call.member, content) {
+                (_, None) => {}
+                (Some(m), Some(c)) => doc.put(std::borrow::Cow::Borrowed(m), c),
+                (None, Some(Got::Value(Value::Object(fields)))) => {
+                    for (k, v) in fields {
+                        doc.put_merged(k, Got::Value(v));
+                    }
                 }
-                (None, Value::Object(fields)) => root.extend(fields),
-                (None, _) => {}
+                (None, Some(_)) => {}
             }
         }
         if self.errors && !errors.is_empty() {
-            root.insert("_errors".into(), Value::Object(errors));
+            doc.put_merged("_errors".into(), Got::Value(Value::Object(errors)));
         }
-        let body = serde_json::to_vec(&Value::Object(root)).unwrap_or_else(|_| b"{}".to_vec());
-        let mut resp = http::Response::new(Body::full(Bytes::from(body)));
+        let body = doc.into_bytes();
+        let mut resp = http::Response::new(Body::full(body));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         if let Some(src) = self
@@ -789,6 +825,68 @@ impl Compose {
             }
         }
         resp
+    }
+}
+
+/// The answer's members in order, written out once at the end; a member merged in later
+/// replaces one of the same name in its place.
+#[derive(Default)]
+struct Document<'a> {
+    entries: Vec<(std::borrow::Cow<'a, str>, Got)>,
+    /// Member positions by name, made at the first merge (before it, names are unique:
+    /// the configuration is checked for that).
+    index: Option<std::collections::HashMap<String, usize>>,
+}
+
+impl<'a> Document<'a> {
+    fn put(&mut self, key: std::borrow::Cow<'a, str>, value: Got) {
+        if let Some(index) = &mut self.index {
+            if let Some(&at) = index.get(key.as_ref()) {
+                self.entries[at].1 = value;
+                return;
+            }
+            index.insert(key.to_string(), self.entries.len());
+        }
+        self.entries.push((key, value));
+    }
+
+    fn put_merged(&mut self, key: String, value: Got) {
+        if self.index.is_none() {
+            let index = self
+                .entries
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.to_string(), i))
+                .collect();
+            self.index = Some(index);
+        }
+        self.put(std::borrow::Cow::Owned(key), value);
+    }
+
+    fn into_bytes(self) -> Bytes {
+        let raw: usize = self
+            .entries
+            .iter()
+            .map(|(k, v)| k.len() + 4 + if let Got::Raw(b) = v { b.len() } else { 16 })
+            .sum();
+        let mut out = Vec::with_capacity(raw + 2);
+        out.push(b'{');
+        for (n, (key, value)) in self.entries.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            // Writing a string or a parsed value into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut out, key.as_ref());
+            out.push(b':');
+            match value {
+                Got::Raw(b) => out.extend_from_slice(b),
+                Got::Value(v) => {
+                    let _ = serde_json::to_writer(&mut out, v);
+                }
+            }
+        }
+        out.push(b'}');
+        Bytes::from(out)
     }
 }
 
