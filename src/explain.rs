@@ -151,6 +151,24 @@ pub fn explain(config: LoadedConfig, req: &Request) -> Result<String, String> {
     );
     let target = pipeline.target();
     let _ = writeln!(out, "target:   {}", target.describe());
+    if let Target::Grpc(g) = target {
+        match g.find(&method, path) {
+            Ok((rule, values)) => {
+                let _ = writeln!(out, "grpc:     {} ({})", rule.describe(), values.join(", "));
+            }
+            Err(allowed) if allowed.is_empty() => {
+                let _ = writeln!(out, "grpc:     no binding matches: 404 route_not_found");
+            }
+            Err(allowed) => {
+                let m: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+                let _ = writeln!(
+                    out,
+                    "grpc:     405 method_not_allowed (bound for {})",
+                    m.join(", ")
+                );
+            }
+        }
+    }
     if let Target::Compose(c) = target {
         let ctx = explain_ctx(&method, &uri, &host, params.clone());
         let mut parts = http::Request::new(()).into_parts().0;
@@ -183,7 +201,7 @@ fn describe_upstreams(out: &mut String, target: &Target) {
     let names: Vec<&str> = match target {
         Target::Upstream { binding, .. } => vec![&binding.cluster.name],
         Target::Split { .. } => Vec::new(),
-        Target::Respond(_) | Target::Compose(_) => Vec::new(),
+        Target::Respond(_) | Target::Compose(_) | Target::Grpc(_) => Vec::new(),
     };
     for name in names {
         let _ = writeln!(out, "upstream: {name}");

@@ -6,6 +6,7 @@
 pub mod compose;
 pub mod consumers;
 pub mod error;
+pub mod grpc;
 pub mod load;
 pub mod locations;
 pub mod redis;

@@ -41,6 +41,9 @@ pub struct RouteSpec {
     /// Target: several upstream calls answered as one JSON document.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compose: Option<super::compose::ComposeSpec>,
+    /// Target: REST/JSON transcoded to gRPC calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<super::grpc::GrpcSpec>,
     /// Timeouts for this route's upstream calls (override the upstream's).
     #[serde(default)]
     pub timeouts: TimeoutsSpec,

@@ -532,12 +532,27 @@ fn check_route(
         r.split.is_some(),
         r.respond.is_some(),
         r.compose.is_some(),
+        r.grpc.is_some(),
     ];
     if targets.iter().filter(|t| **t).count() != 1 {
         p.push(
             path.to_string(),
-            "a route needs exactly one target: `upstream`, `split`, `respond` or `compose`",
+            "a route needs exactly one target: `upstream`, `split`, `respond`, `compose` or `grpc`",
         );
+    }
+    if let Some(g) = &r.grpc {
+        super::grpc::check(
+            &format!("{path}.grpc"),
+            g,
+            &|u| spec.upstreams.contains_key(u),
+            p,
+        );
+        if r.websocket || r.rewrite.is_some() {
+            p.push(
+                path.to_string(),
+                "a `grpc` route cannot set `websocket` or `rewrite`: its bindings give the paths",
+            );
+        }
     }
     if let Some(c) = &r.compose {
         let at = format!("{path}.compose");

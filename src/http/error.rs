@@ -94,6 +94,17 @@ pub enum GatewayError {
         cause: &'static str,
         status: StatusCode,
     },
+    /// A request a `grpc` route cannot turn into its message (bad JSON, a wrong type,
+    /// an unknown field): 400, the text names the place.
+    InvalidRequest(String),
+    /// A transcoded gRPC call ended with a non-zero `grpc-status`: the HTTP status of
+    /// the standard table, the service's message and its `google.rpc.Status` details.
+    Grpc {
+        code: u32,
+        message: String,
+        details: Option<serde_json::Value>,
+        headers: Box<http::HeaderMap>,
+    },
     /// A fault inside the gateway.
     Internal(String),
 }
@@ -128,6 +139,11 @@ impl GatewayError {
             | Self::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::ComposeCall { status, .. } => *status,
+            Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::Grpc { code, .. } => {
+                StatusCode::from_u16(GRPC_STATUSES[(*code as usize).min(17)].1)
+                    .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -166,6 +182,8 @@ impl GatewayError {
                 "compose_call_timeout"
             }
             Self::ComposeCall { .. } => "compose_call_failed",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::Grpc { code, .. } => GRPC_STATUSES[(*code as usize).min(17)].0,
             Self::Internal(_) => "internal_error",
         }
     }
@@ -188,6 +206,7 @@ impl GatewayError {
             | Self::Unauthorized { .. }
             | Self::Forbidden(_)
             | Self::InsufficientScope
+            | Self::InvalidRequest(_)
             | Self::RateLimited(_) => ErrorSide::Downstream,
             Self::NoEndpoint { .. }
             | Self::NoHealthyEndpoint { .. }
@@ -198,6 +217,7 @@ impl GatewayError {
             | Self::UpstreamReset { .. }
             | Self::UpstreamProtocol { .. }
             | Self::ComposeCall { .. }
+            | Self::Grpc { .. }
             | Self::AuthUnavailable
             | Self::RateLimitStoreUnavailable => ErrorSide::Upstream,
             Self::Internal(_) | Self::ConcurrencyLimited => ErrorSide::Gateway,
@@ -245,6 +265,8 @@ impl GatewayError {
                 "a required call did not answer in time"
             }
             Self::ComposeCall { .. } => "a required call failed",
+            Self::InvalidRequest(_) => "invalid request",
+            Self::Grpc { .. } => "the service refused the call",
             Self::Internal(_) => "internal gateway error",
         }
     }
@@ -265,6 +287,27 @@ impl GatewayError {
     pub fn into_response(self, request_id: &str) -> Response {
         let status = self.status();
         let body = match &self {
+            Self::InvalidRequest(message) => {
+                error_json(status.as_u16(), self.code(), message, request_id)
+            }
+            Self::Grpc {
+                code,
+                message,
+                details,
+                ..
+            } => {
+                let mut e = serde_json::json!({
+                    "status": status.as_u16(),
+                    "code": self.code(),
+                    "grpc_status": code,
+                    "message": message,
+                    "request_id": request_id,
+                });
+                if let Some(d) = details {
+                    e["details"] = d.clone();
+                }
+                Bytes::from(serde_json::json!({ "error": e }).to_string())
+            }
             Self::ComposeCall { call, cause, .. } => Bytes::from(
                 serde_json::json!({
                     "error": {
@@ -311,6 +354,7 @@ impl GatewayError {
                     HeaderValue::from(retry_after.max(1)),
                 );
             }
+            Self::Grpc { headers: extra, .. } => headers.extend(*extra),
             Self::InsufficientScope => {
                 headers.insert(
                     WWW_AUTHENTICATE,
@@ -322,6 +366,29 @@ impl GatewayError {
         resp
     }
 }
+
+/// The code and HTTP status of each gRPC status (index), by the table grpc-gateway and
+/// Envoy use; 17 stands for any status past 16.
+const GRPC_STATUSES: [(&str, u16); 18] = [
+    ("grpc_ok", 200),
+    ("grpc_cancelled", 499),
+    ("grpc_unknown", 500),
+    ("grpc_invalid_argument", 400),
+    ("grpc_deadline_exceeded", 504),
+    ("grpc_not_found", 404),
+    ("grpc_already_exists", 409),
+    ("grpc_permission_denied", 403),
+    ("grpc_resource_exhausted", 429),
+    ("grpc_failed_precondition", 400),
+    ("grpc_aborted", 409),
+    ("grpc_out_of_range", 400),
+    ("grpc_unimplemented", 501),
+    ("grpc_internal", 500),
+    ("grpc_unavailable", 503),
+    ("grpc_data_loss", 500),
+    ("grpc_unauthenticated", 401),
+    ("grpc_unknown", 500),
+];
 
 impl std::fmt::Display for GatewayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -299,7 +299,7 @@ fn compile_route(
     let params = pattern.param_names();
     let conditions = Arc::new(Conditions::compile(&format!("{path}.match"), m, p));
     let target = Arc::new(build_target(
-        path, route, spec, clusters, settings, &params, env, p,
+        path, route, spec, clusters, settings, &params, env, base, p,
     )?);
     let stats = env.metrics.route(&route.name, "");
     let entry_params: Arc<[String]> = params.clone().into();
@@ -372,6 +372,7 @@ fn compile_route(
         spec,
         first_policies.unwrap_or_default(),
         target.describe(),
+        target.bindings(),
     ))
 }
 
@@ -433,6 +434,7 @@ fn build_target(
     settings: &Arc<ProxySettings>,
     params: &[String],
     env: &CompileEnv<'_>,
+    base: Option<&std::path::Path>,
     p: &mut Problems,
 ) -> Option<Target> {
     if let Some(r) = &route.respond {
@@ -480,6 +482,25 @@ fn build_target(
             stats: env.metrics.route(&route.name, name),
         })
     };
+    if let Some(g) = &route.grpc {
+        let calls = Forward {
+            rewrite: Rewrite::None,
+            host_header: HostHeader::Upstream,
+            websocket: false,
+            settings: settings.clone(),
+            hedge: None,
+            fallback: None,
+        };
+        return crate::targets::grpc::Grpc::build(
+            &format!("{path}.grpc"),
+            g,
+            base,
+            bind(&g.upstream)?,
+            calls,
+            p,
+        )
+        .map(Target::Grpc);
+    }
     if let Some(c) = &route.compose {
         let calls = Forward {
             rewrite: Rewrite::None,
@@ -545,6 +566,7 @@ fn summary(
     spec: &GatewaySpec,
     policies: Vec<String>,
     target: String,
+    bindings: Vec<String>,
 ) -> RouteSummary {
     let m = &route.matcher;
     let listeners = if route.listeners.is_empty() {
@@ -581,6 +603,7 @@ fn summary(
         conditions,
         policies,
         target,
+        bindings,
     }
 }
 

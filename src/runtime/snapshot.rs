@@ -98,6 +98,9 @@ pub struct RouteSummary {
     pub policies: Vec<String>,
     /// What answers it.
     pub target: String,
+    /// The generated bindings of a `grpc` target.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bindings: Vec<String>,
 }
 
 /// A compiled configuration.

@@ -1,10 +1,11 @@
 //! Targets: what ends a route. `upstream` forwards to a cluster, `split` forwards to one
 //! of several clusters by weight, `respond` answers from the gateway, `compose` makes
 //! several calls and answers with one JSON document.
-//! (gRPC transcoding and publishing will be targets too.)
+//! `grpc` transcodes REST/JSON to gRPC. (Publishing will be a target too.)
 
 pub mod compose;
 pub mod forward;
+pub mod grpc;
 pub mod respond;
 pub mod split;
 pub mod tunnel;
@@ -34,6 +35,8 @@ pub enum Target {
     Respond(respond::Respond),
     /// Several calls, one JSON answer.
     Compose(compose::Compose),
+    /// REST/JSON transcoded to gRPC.
+    Grpc(grpc::Grpc),
 }
 
 impl Target {
@@ -47,6 +50,7 @@ impl Target {
             }
             Target::Respond(r) => Ok(r.call(ctx)),
             Target::Compose(c) => c.call(ctx, req).await,
+            Target::Grpc(g) => g.call(ctx, req).await,
         }
     }
 
@@ -57,6 +61,15 @@ impl Target {
             Target::Split { split, .. } => format!("split {}", split.describe()),
             Target::Respond(r) => format!("respond {}", r.status()),
             Target::Compose(c) => c.describe(),
+            Target::Grpc(g) => g.describe(),
+        }
+    }
+
+    /// The generated bindings of a `grpc` target (`GET /routes`).
+    pub fn bindings(&self) -> Vec<String> {
+        match self {
+            Target::Grpc(g) => g.rules().iter().map(|r| r.describe()).collect(),
+            _ => Vec::new(),
         }
     }
 
@@ -64,7 +77,7 @@ impl Target {
     pub fn forward(&self) -> Option<&Forward> {
         match self {
             Target::Upstream { forward, .. } | Target::Split { forward, .. } => Some(forward),
-            Target::Respond(_) | Target::Compose(_) => None,
+            Target::Respond(_) | Target::Compose(_) | Target::Grpc(_) => None,
         }
     }
 }

@@ -40,6 +40,7 @@ fn validate_accepts_the_quickstart_and_lists_every_problem_otherwise() {
         "auth.yaml",
         "resilience.yaml",
         "bff.yaml",
+        "grpc.yaml",
     ] {
         let (code, out, err) = turnpike(&["validate", "-c", &example(name)]);
         assert_eq!(code, 0, "{name}: {out}{err}");
@@ -134,4 +135,35 @@ fn explain_shows_the_call_graph_of_a_compose_route() {
     ] {
         assert!(out.contains(expected), "missing `{expected}` in:\n{out}");
     }
+}
+
+#[test]
+fn explain_shows_the_grpc_method_a_rest_request_maps_to() {
+    let (code, out, err) = turnpike(&[
+        "explain",
+        "-c",
+        &example("grpc.yaml"),
+        "GET",
+        "http://localhost:8080/v1/orders/o-1",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("target:   grpc `orders-grpc` (8 bindings)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("grpc:     GET /v1/orders/{id} -> api.OrderService/GetOrder (o-1)"),
+        "{out}"
+    );
+    let (_, out, _) = turnpike(&[
+        "explain",
+        "-c",
+        &example("grpc.yaml"),
+        "POST",
+        "http://localhost:8080/v1/orders/o-1:cancel",
+    ]);
+    assert!(
+        out.contains("POST /v1/orders/{id}:cancel -> api.OrderService/CancelOrder"),
+        "{out}"
+    );
 }

@@ -29,3 +29,4 @@ mod routing;
 mod shutdown;
 mod telemetry;
 mod tls;
+mod transcode;

@@ -1,0 +1,762 @@
+//! `grpc`: REST/JSON to gRPC transcoding from `.proto` contracts.
+//!
+//! At load, the contracts are compiled (protox, no `protoc`) into a descriptor pool; the
+//! `google.api.http` annotations of the listed services and the explicit `bindings`
+//! become rules: an HTTP method, a path template, the gRPC method, and where the
+//! request message's fields come from (the body, the path, the query). Every field path
+//! is resolved then, so a binding that names a missing field is a config error.
+//!
+//! Per request: the rule is found by method and path; a JSON tree is made from the body,
+//! the path variables and the query parameters (typed by their fields), checked for
+//! depth, and turned into the request message by the proto3 JSON mapping (prost-reflect),
+//! so bad input is a 400 naming the field and never reaches the service. The message is
+//! sent as one gRPC frame through [`Forward`] (the upstream's balancer, breaker, retries
+//! and timeouts apply; the remaining budget goes as `grpc-timeout`), the answer's frame
+//! is decoded and written as JSON, and a non-zero `grpc-status` becomes the HTTP status
+//! of the standard table with `grpc-message` and the `google.rpc.Status` details in the
+//! JSON error. See docs/grpc.md.
+
+pub mod path;
+mod protos;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use prost::Message as _;
+use prost_reflect::{
+    DescriptorPool, DeserializeOptions, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor,
+    MethodDescriptor, SerializeOptions,
+};
+use serde_json::Value;
+
+use self::path::PathTemplate;
+use super::{Binding, Forward};
+use crate::config::grpc::{BindingSpec, EnumsAs, FieldNames, GrpcSpec, UnknownFields};
+use crate::config::Problems;
+use crate::http::{Body, GatewayError, Request, Response};
+use crate::pipeline::RequestCtx;
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_DETAILS: HeaderName = HeaderName::from_static("grpc-status-details-bin");
+const TRACE_HEADERS: [HeaderName; 2] = [
+    HeaderName::from_static("traceparent"),
+    HeaderName::from_static("tracestate"),
+];
+
+/// Where a request message's body comes from.
+#[derive(Debug, Clone)]
+enum BodyRule {
+    /// No body: the fields come from the path and the query.
+    None,
+    /// `body: "*"`: the body is the request message.
+    Whole,
+    /// `body: field`: the body is that field.
+    Field(FieldDescriptor),
+}
+
+/// One HTTP binding of a gRPC method.
+pub struct Rule {
+    method: Method,
+    template: PathTemplate,
+    grpc: MethodDescriptor,
+    target: Uri,
+    body: BodyRule,
+    response_body: Option<FieldDescriptor>,
+    /// Each path variable's field path.
+    vars: Vec<Vec<FieldDescriptor>>,
+}
+
+impl Rule {
+    /// `GET /v1/orders/{id} -> api.OrderService/GetOrder`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} {} -> {}/{}",
+            self.method,
+            self.template.text(),
+            self.grpc.parent_service().full_name(),
+            self.grpc.name()
+        )
+    }
+}
+
+/// A compiled `grpc` target.
+pub struct Grpc {
+    rules: Vec<Rule>,
+    binding: Binding,
+    forward: Forward,
+    pool: DescriptorPool,
+    de: DeserializeOptions,
+    ser: SerializeOptions,
+    reject_unknown: bool,
+    proto_names: bool,
+    max_depth: u32,
+    max_message: u64,
+    request_headers: Vec<HeaderName>,
+    response_headers: Vec<HeaderName>,
+}
+
+impl Grpc {
+    /// Compiles a route's `grpc` block; `base` is the config file's folder.
+    pub fn build(
+        path: &str,
+        spec: &GrpcSpec,
+        base: Option<&std::path::Path>,
+        binding: Binding,
+        forward: Forward,
+        p: &mut Problems,
+    ) -> Option<Self> {
+        let base = base.unwrap_or(std::path::Path::new("."));
+        let pool = match protos::pool(spec, base) {
+            Ok(pool) => pool,
+            Err((field, e)) => {
+                p.push(format!("{path}.{field}"), e);
+                return None;
+            }
+        };
+        let before = p.count();
+        let mut rules: Vec<Rule> = Vec::new();
+        let mut add = |at: String, rule: Result<Rule, String>, p: &mut Problems| match rule {
+            Ok(r) => {
+                if let Some(other) = rules
+                    .iter()
+                    .find(|o| o.method == r.method && o.template.text() == r.template.text())
+                {
+                    p.push(
+                        at,
+                        format!(
+                            "two bindings for `{} {}`: {} and {}/{}",
+                            r.method,
+                            r.template.text(),
+                            other.describe(),
+                            r.grpc.parent_service().full_name(),
+                            r.grpc.name()
+                        ),
+                    );
+                } else {
+                    rules.push(r);
+                }
+            }
+            Err(e) => p.push(at, e),
+        };
+        let http_ext = pool.get_extension_by_name("google.api.http");
+        for (i, name) in spec.services.iter().enumerate() {
+            let at = format!("{path}.services[{i}]");
+            let Some(service) = pool.get_service_by_name(name) else {
+                p.push(at, format!("no service `{name}` in the contracts"));
+                continue;
+            };
+            let mut annotated = 0;
+            for method in service.methods() {
+                let Some(ext) = &http_ext else { break };
+                let options = method.options();
+                if !options.has_extension(ext) {
+                    continue;
+                }
+                let value = options.get_extension(ext);
+                let Some(rule) = value.as_message() else {
+                    continue;
+                };
+                let mut stack = vec![rule.clone()];
+                while let Some(r) = stack.pop() {
+                    if let Some(more) = r
+                        .get_field_by_name("additional_bindings")
+                        .and_then(|v| v.as_list().map(|l| l.to_vec()))
+                    {
+                        stack.extend(more.into_iter().filter_map(|v| v.as_message().cloned()));
+                    }
+                    annotated += 1;
+                    let made = annotation(&r).and_then(|b| {
+                        make_rule(&method, &b).map_err(|e| format!("{}: {e}", method.full_name()))
+                    });
+                    add(at.clone(), made, p);
+                }
+            }
+            if annotated == 0 && spec.bindings.is_empty() {
+                p.push(
+                    at,
+                    format!(
+                        "`{name}` has no method with a google.api.http annotation; add `bindings`"
+                    ),
+                );
+            }
+        }
+        for (i, b) in spec.bindings.iter().enumerate() {
+            let at = format!("{path}.bindings[{i}]");
+            let Some((service, method)) = b.call.split_once('/') else {
+                continue;
+            };
+            let Some(m) = pool
+                .get_service_by_name(service)
+                .and_then(|s| s.methods().find(|m| m.name() == method))
+            else {
+                p.push(
+                    format!("{at}.call"),
+                    format!("no method `{}` in the contracts", b.call),
+                );
+                continue;
+            };
+            add(at, make_rule(&m, b), p);
+        }
+        if p.count() > before {
+            return None;
+        }
+        let j = &spec.json;
+        Some(Self {
+            rules,
+            binding,
+            forward,
+            pool,
+            de: DeserializeOptions::new()
+                .deny_unknown_fields(j.unknown_fields == UnknownFields::Reject),
+            ser: SerializeOptions::new()
+                .skip_default_fields(!j.emit_defaults)
+                .use_enum_numbers(j.enums_as == EnumsAs::Numbers)
+                .use_proto_field_name(j.field_names == FieldNames::Proto)
+                .stringify_64_bit_integers(true),
+            reject_unknown: j.unknown_fields == UnknownFields::Reject,
+            proto_names: j.field_names == FieldNames::Proto,
+            max_depth: j.max_depth,
+            max_message: spec.max_message.0,
+            request_headers: names(&spec.request_headers),
+            response_headers: names(&spec.response_headers),
+        })
+    }
+
+    /// The bindings, for `GET /routes` and `explain`.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
+    }
+
+    /// The upstream.
+    pub fn upstream(&self) -> &str {
+        &self.binding.cluster.name
+    }
+
+    /// The rule a request takes, or the methods that would match its path.
+    pub fn find(&self, method: &Method, path: &str) -> Result<(&Rule, Vec<String>), Vec<&Method>> {
+        let mut allowed = Vec::new();
+        for r in &self.rules {
+            if let Some(values) = r.template.matches(path) {
+                if r.method == *method {
+                    return Ok((r, values));
+                }
+                allowed.push(&r.method);
+            }
+        }
+        Err(allowed)
+    }
+
+    /// A one-line description.
+    pub fn describe(&self) -> String {
+        format!(
+            "grpc `{}` ({} bindings)",
+            self.binding.cluster.name,
+            self.rules.len()
+        )
+    }
+
+    /// Transcodes one request.
+    pub async fn call(&self, ctx: &mut RequestCtx, req: Request) -> Result<Response, GatewayError> {
+        let (rule, values) = match self.find(&ctx.method, ctx.uri.path()) {
+            Ok(found) => found,
+            Err(allowed) if allowed.is_empty() => return Err(GatewayError::RouteNotFound),
+            Err(allowed) => {
+                let mut list: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+                list.sort_unstable();
+                list.dedup();
+                return Err(GatewayError::MethodNotAllowed {
+                    allow: HeaderValue::from_str(&list.join(", "))
+                        .unwrap_or(HeaderValue::from_static("")),
+                });
+            }
+        };
+        let (parts, body) = req.into_parts();
+        let message = self.request_message(rule, &values, &parts, body).await?;
+        let encoded = message.encode_to_vec();
+        if encoded.len() as u64 > self.max_message {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        let mut frame = BytesMut::with_capacity(5 + encoded.len());
+        frame.put_u8(0);
+        frame.put_u32(encoded.len() as u32);
+        frame.extend_from_slice(&encoded);
+        let mut headers = HeaderMap::with_capacity(8 + self.request_headers.len());
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        for name in TRACE_HEADERS.iter().chain(&self.request_headers) {
+            for v in parts.headers.get_all(name) {
+                headers.append(name.clone(), v.clone());
+            }
+        }
+        let mut child = ctx.child(Method::POST, rule.target.clone());
+        let mut up = http::Request::new(Body::full(frame.freeze()));
+        *up.method_mut() = Method::POST;
+        *up.uri_mut() = rule.target.clone();
+        *up.headers_mut() = headers;
+        let started = tokio::time::Instant::now();
+        let result = self.forward.forward(&mut child, up, &self.binding).await;
+        ctx.upstream = child.upstream.take();
+        ctx.endpoint = child.endpoint;
+        ctx.upstream_time = child.upstream_time;
+        if child.stats.is_some() {
+            ctx.stats = child.stats.take();
+        }
+        let resp = result?;
+        let answered = self.answer(rule, resp).await;
+        // A service that honours `grpc-timeout` (tonic, grpc-go) ends the call with
+        // CANCELLED when the budget we sent runs out: that is the deadline, a 504.
+        match answered {
+            Err(GatewayError::Grpc {
+                code: 1,
+                message,
+                details,
+                headers,
+            }) if started.elapsed() + std::time::Duration::from_millis(5)
+                >= self.binding.timeouts.request =>
+            {
+                Err(GatewayError::Grpc {
+                    code: 4,
+                    message,
+                    details,
+                    headers,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// The request message from the body, the path variables and the query.
+    async fn request_message(
+        &self,
+        rule: &Rule,
+        values: &[String],
+        parts: &http::request::Parts,
+        body: Body,
+    ) -> Result<DynamicMessage, GatewayError> {
+        let mut root = Value::Object(serde_json::Map::new());
+        if !matches!(rule.body, BodyRule::None) {
+            // The route's `max_body` bounds the body as it streams; this is a last guard.
+            let bytes = read_all(body, 64 << 20).await?;
+            if !bytes.iter().all(u8::is_ascii_whitespace) {
+                if !crate::targets::compose::shape::depth_within(&bytes, self.max_depth) {
+                    return Err(invalid(format!(
+                        "the body nests deeper than {} levels",
+                        self.max_depth
+                    )));
+                }
+                let v: Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
+                match &rule.body {
+                    BodyRule::Whole => {
+                        if !v.is_object() {
+                            return Err(invalid("the body must be a JSON object".into()));
+                        }
+                        root = v;
+                    }
+                    BodyRule::Field(f) => {
+                        root[f.json_name()] = v;
+                    }
+                    BodyRule::None => {}
+                }
+            }
+        }
+        for (fields, value) in rule.vars.iter().zip(values) {
+            set(&mut root, fields, typed(fields, value), false);
+        }
+        if let Some(query) = parts.uri.query() {
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                let (k, v) = (form_decode(k), form_decode(v));
+                let Some(fields) = field_path(&rule.grpc.input(), &k) else {
+                    if self.reject_unknown {
+                        return Err(invalid(format!("unknown query parameter `{k}`")));
+                    }
+                    continue;
+                };
+                if rule.vars.iter().any(|p| same(p, &fields)) {
+                    continue; // the path's value wins
+                }
+                let repeated = fields.last().is_some_and(|f| f.is_list());
+                set(&mut root, &fields, typed(&fields, &v), repeated);
+            }
+        }
+        // The path of the failing value goes into the error: `items[0].quantity: ...`.
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_path_to_error::Deserializer::new(root, &mut track);
+        DynamicMessage::deserialize_with_options(rule.grpc.input(), de, &self.de).map_err(|e| {
+            let at = track.path().to_string();
+            if at.is_empty() || at == "." {
+                invalid(format!("invalid request: {e}"))
+            } else {
+                invalid(format!("invalid request: {at}: {e}"))
+            }
+        })
+    }
+
+    /// The JSON answer (or error) for the upstream's response.
+    async fn answer(&self, rule: &Rule, resp: Response) -> Result<Response, GatewayError> {
+        let upstream = self.binding.cluster.name.to_string();
+        let (head, mut body) = resp.into_parts();
+        let protocol = |cause: String| GatewayError::UpstreamProtocol {
+            upstream: upstream.clone(),
+            cause,
+        };
+        if head.status != StatusCode::OK {
+            return Err(protocol(format!(
+                "HTTP status {} from a gRPC upstream",
+                head.status
+            )));
+        }
+        // Trailers-only: the status is in the head.
+        let mut trailers: Option<HeaderMap> = None;
+        let mut data = BytesMut::new();
+        if !head.headers.contains_key(&GRPC_STATUS) {
+            use http_body_util::BodyExt;
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|e| GatewayError::UpstreamReset {
+                    upstream: upstream.clone(),
+                    cause: e.to_string(),
+                })?;
+                match frame.into_data() {
+                    Ok(d) => {
+                        if (data.len() + d.len()) as u64 > self.max_message + 5 {
+                            return Err(protocol(format!(
+                                "a message over max_message ({} bytes)",
+                                self.max_message
+                            )));
+                        }
+                        data.extend_from_slice(&d);
+                    }
+                    Err(frame) => {
+                        if let Ok(t) = frame.into_trailers() {
+                            trailers = Some(t);
+                        }
+                    }
+                }
+            }
+        }
+        let meta = trailers.as_ref().unwrap_or(&head.headers);
+        let code: u32 = meta
+            .get(&GRPC_STATUS)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| protocol("no grpc-status".into()))?;
+        let mut extra = HeaderMap::new();
+        for name in &self.response_headers {
+            for v in head
+                .headers
+                .get_all(name)
+                .iter()
+                .chain(trailers.iter().flat_map(|t| t.get_all(name).iter()))
+            {
+                extra.append(name.clone(), v.clone());
+            }
+        }
+        if code != 0 {
+            let message = meta
+                .get(&GRPC_MESSAGE)
+                .map(|v| {
+                    percent_encoding::percent_decode(v.as_bytes())
+                        .decode_utf8_lossy()
+                        .into_owned()
+                })
+                .unwrap_or_default();
+            let details = meta
+                .get(&GRPC_DETAILS)
+                .and_then(|v| self.details(v.as_bytes()));
+            return Err(GatewayError::Grpc {
+                code,
+                message,
+                details,
+                headers: Box::new(extra),
+            });
+        }
+        let mut data = data.freeze();
+        if data.len() < 5 {
+            return Err(protocol("no response message".into()));
+        }
+        let compressed = data.get_u8();
+        let len = data.get_u32() as usize;
+        if compressed != 0 {
+            return Err(protocol("a compressed message (none was asked for)".into()));
+        }
+        if data.len() < len {
+            return Err(protocol("a truncated message".into()));
+        }
+        let message = DynamicMessage::decode(rule.grpc.output(), data.slice(..len))
+            .map_err(|e| protocol(format!("the response does not decode: {e}")))?;
+        let mut out = Vec::with_capacity(len * 2 + 16);
+        let mut ser = serde_json::Serializer::new(&mut out);
+        let json = match &rule.response_body {
+            None => message.serialize_with_options(&mut ser, &self.ser),
+            Some(f) => {
+                // The field as the whole message would write it.
+                let mut v = Vec::new();
+                let mut s = serde_json::Serializer::new(&mut v);
+                let r = message.serialize_with_options(&mut s, &self.ser);
+                if r.is_ok() {
+                    let whole: Value = serde_json::from_slice(&v).unwrap_or(Value::Null);
+                    let name = if self.proto_names {
+                        f.name()
+                    } else {
+                        f.json_name()
+                    };
+                    out = serde_json::to_vec(whole.get(name).unwrap_or(&Value::Null))
+                        .unwrap_or_default();
+                }
+                r
+            }
+        };
+        json.map_err(|e| protocol(format!("the response has no JSON form: {e}")))?;
+        let mut resp = http::Response::new(Body::full(Bytes::from(out)));
+        resp.headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        resp.headers_mut().extend(extra);
+        Ok(resp)
+    }
+
+    /// `google.rpc.Status` details as JSON: each `Any` decoded when its type is in the
+    /// contracts, otherwise only its `@type`.
+    fn details(&self, b64: &[u8]) -> Option<Value> {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+            .decode(
+                b64.strip_suffix(b"==")
+                    .or(b64.strip_suffix(b"="))
+                    .unwrap_or(b64),
+            )
+            .ok()?;
+        let status = protos::Status::decode(raw.as_slice()).ok()?;
+        let list = status
+            .details
+            .iter()
+            .map(|any| {
+                let name = any.type_url.rsplit('/').next().unwrap_or("");
+                let mut v = self
+                    .pool
+                    .get_message_by_name(name)
+                    .and_then(|d| DynamicMessage::decode(d, any.value.as_slice()).ok())
+                    .and_then(|m| {
+                        let mut out = Vec::new();
+                        let mut s = serde_json::Serializer::new(&mut out);
+                        m.serialize_with_options(&mut s, &self.ser).ok()?;
+                        serde_json::from_slice::<Value>(&out).ok()
+                    })
+                    .filter(Value::is_object)
+                    .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+                v["@type"] = Value::from(any.type_url.clone());
+                v
+            })
+            .collect();
+        Some(Value::Array(list))
+    }
+}
+
+fn names(list: &[String]) -> Vec<HeaderName> {
+    list.iter()
+        .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+        .collect()
+}
+
+fn invalid(message: String) -> GatewayError {
+    GatewayError::InvalidRequest(message)
+}
+
+/// Reads a request body up to `cap` bytes.
+async fn read_all(mut body: Body, cap: u64) -> Result<Bytes, GatewayError> {
+    use http_body_util::BodyExt;
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e.downcast_ref::<crate::http::BodyError>() {
+            Some(crate::http::BodyError::TooLarge { .. }) => GatewayError::PayloadTooLarge,
+            Some(crate::http::BodyError::Idle { .. }) => GatewayError::RequestTimeout,
+            _ => GatewayError::BadRequest("request body could not be read"),
+        })?;
+        if let Ok(d) = frame.into_data() {
+            if (buf.len() + d.len()) as u64 > cap {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            buf.extend_from_slice(&d);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+fn form_decode(v: &str) -> String {
+    let spaced = v.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+fn same(a: &[FieldDescriptor], b: &[FieldDescriptor]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.full_name() == y.full_name())
+}
+
+/// A dotted field path (proto or JSON names) through nested singular messages.
+fn field_path(desc: &MessageDescriptor, path: &str) -> Option<Vec<FieldDescriptor>> {
+    let mut out = Vec::new();
+    let mut at = desc.clone();
+    let steps: Vec<&str> = path.split('.').collect();
+    for (i, step) in steps.iter().enumerate() {
+        let f = at
+            .get_field_by_name(step)
+            .or_else(|| at.get_field_by_json_name(step))?;
+        if i + 1 < steps.len() {
+            match f.kind() {
+                Kind::Message(m) if !f.is_list() && !f.is_map() => at = m,
+                _ => return None,
+            }
+        }
+        out.push(f);
+    }
+    Some(out)
+}
+
+/// A text value as the JSON its field takes: booleans and numbers (of the kinds JSON
+/// writes as numbers) unquoted when they parse, everything else a string (the proto3
+/// JSON mapping reads 64-bit integers, enums, bytes, timestamps and durations from
+/// strings).
+fn typed(fields: &[FieldDescriptor], text: &str) -> Value {
+    let Some(f) = fields.last() else {
+        return Value::from(text);
+    };
+    match f.kind() {
+        Kind::Bool => match text {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::from(text),
+        },
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 | Kind::Uint32 | Kind::Fixed32 => text
+            .parse::<i64>()
+            .map(Value::from)
+            .unwrap_or_else(|_| Value::from(text)),
+        Kind::Float | Kind::Double => text
+            .parse::<f64>()
+            .ok()
+            .and_then(|n| serde_json::Number::from_f64(n).map(Value::Number))
+            .unwrap_or_else(|| Value::from(text)),
+        Kind::Message(m) if m.full_name() == "google.protobuf.BoolValue" => match text {
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => Value::from(text),
+        },
+        _ => Value::from(text),
+    }
+}
+
+/// Sets (or, for a repeated field, appends) `value` at `fields` in the JSON tree.
+fn set(root: &mut Value, fields: &[FieldDescriptor], value: Value, append: bool) {
+    let mut at = root;
+    for (i, f) in fields.iter().enumerate() {
+        if !at.is_object() {
+            *at = Value::Object(serde_json::Map::new());
+        }
+        let Value::Object(map) = at else { return };
+        let slot = map.entry(f.json_name().to_string()).or_insert(Value::Null);
+        if i + 1 == fields.len() {
+            if append {
+                match slot {
+                    Value::Array(items) => items.push(value),
+                    other => *other = Value::Array(vec![value]),
+                }
+            } else {
+                *slot = value;
+            }
+            return;
+        }
+        at = slot;
+    }
+}
+
+/// The binding a `google.api.http` rule describes.
+fn annotation(rule: &DynamicMessage) -> Result<BindingSpec, String> {
+    let text = |name: &str| {
+        rule.get_field_by_name(name)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .filter(|s| !s.is_empty())
+    };
+    let b = BindingSpec {
+        get: text("get"),
+        post: text("post"),
+        put: text("put"),
+        patch: text("patch"),
+        delete: text("delete"),
+        call: String::new(),
+        body: text("body"),
+        response_body: text("response_body"),
+    };
+    if b.pattern().is_empty()
+        && rule
+            .get_field_by_name("custom")
+            .is_some_and(|v| v.as_message().is_some())
+    {
+        return Err("a `custom` binding (HEAD, OPTIONS, ...) is not supported".into());
+    }
+    if b.pattern().len() != 1 {
+        return Err("the google.api.http annotation names no pattern".into());
+    }
+    Ok(b)
+}
+
+/// A rule for `method` bound as `b` says.
+fn make_rule(method: &MethodDescriptor, b: &BindingSpec) -> Result<Rule, String> {
+    let Some(&(verb, text)) = b.pattern().first() else {
+        return Err("no method and path".into());
+    };
+    if method.is_client_streaming() || method.is_server_streaming() {
+        return Err(format!(
+            "`{}` streams; streaming transcoding is not available yet (proxy it with `protocol: h2c` instead)",
+            method.full_name()
+        ));
+    }
+    let template = PathTemplate::parse(text)?;
+    let input = method.input();
+    let mut vars = Vec::new();
+    for v in template.vars() {
+        let name = v.field.join(".");
+        let fields = field_path(&input, &name).ok_or_else(|| {
+            format!(
+                "`{{{name}}}` in `{text}`: `{}` has no field `{name}`",
+                input.full_name()
+            )
+        })?;
+        let last = fields.last().expect("a field path has one step at least");
+        if last.is_list() || last.is_map() || matches!(last.kind(), Kind::Message(_)) {
+            return Err(format!(
+                "`{{{name}}}` in `{text}` must name a singular scalar field"
+            ));
+        }
+        vars.push(fields);
+    }
+    let body =
+        match b.body.as_deref() {
+            None | Some("") => BodyRule::None,
+            Some("*") => BodyRule::Whole,
+            Some(f) => BodyRule::Field(input.get_field_by_name(f).ok_or_else(|| {
+                format!("body `{f}`: `{}` has no field `{f}`", input.full_name())
+            })?),
+        };
+    let response_body = match b.response_body.as_deref() {
+        None | Some("") => None,
+        Some(f) => Some(method.output().get_field_by_name(f).ok_or_else(|| {
+            format!(
+                "response_body `{f}`: `{}` has no field `{f}`",
+                method.output().full_name()
+            )
+        })?),
+    };
+    let target: Uri = format!("/{}/{}", method.parent_service().full_name(), method.name())
+        .parse()
+        .map_err(|_| "the method's name is not a valid path".to_string())?;
+    Ok(Rule {
+        method: Method::from_bytes(verb.as_bytes()).map_err(|_| "bad method".to_string())?,
+        template,
+        grpc: method.clone(),
+        target,
+        body,
+        response_body,
+        vars,
+    })
+}

@@ -1,0 +1,368 @@
+//! REST/JSON to gRPC transcoding against a real tonic server (examples/orders): every
+//! binding form (annotations with additional bindings and verbs, explicit bindings,
+//! `body: "*"`, no body, `response_body`), repeated and nested query parameters, the
+//! well-known types, status mapping with `google.rpc.Status` details, bad input refused
+//! before the service, deadlines, metadata both ways, and contracts that do not load.
+
+use crate::support::*;
+
+#[path = "../../examples/orders/service.rs"]
+mod orders;
+
+async fn server() -> (std::net::SocketAddr, orders::OrderService) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let svc = orders::OrderService::default();
+    tokio::spawn(orders::serve(l, svc.clone()));
+    (addr, svc)
+}
+
+fn config(addr: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"
+listeners: [{{name: public, address: "127.0.0.1:0"}}]
+access_log: {{enabled: false}}
+upstreams:
+  orders-grpc: {{endpoints: ["{addr}"], protocol: h2c}}
+routes:
+  - name: orders-api
+    match: {{prefix: /v1}}
+    timeouts: {{request: 500ms}}
+    grpc:
+      upstream: orders-grpc
+      protos: [examples/protos/orders.proto]
+      services: [api.OrderService]
+      bindings:
+        - {{post: /v1/orders, call: api.OrderService/CreateOrder, body: "*"}}
+        - {{get: "/v1/orders/{{id}}", call: api.OrderService/GetOrder}}
+        - {{put: "/v1/orders/{{id}}", call: api.OrderService/UpdateOrder, body: "*"}}
+      json: {{unknown_fields: reject, emit_defaults: false, enums_as: names}}
+      request_headers: [x-tenant]
+      response_headers: [x-order-version]
+{extra}
+"#
+    )
+}
+
+fn calls(svc: &orders::OrderService, method: &str) -> usize {
+    svc.seen
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(m, _)| m == method)
+        .count()
+}
+
+fn post(url: &str, body: &str) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    request("POST", url, &[("content-type", "application/json")], body)
+}
+
+#[tokio::test]
+async fn every_binding_form_and_the_well_known_types() {
+    let (addr, _svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    // body "*", with wrappers, Struct, Duration; int64 and bytes come back as strings.
+    let r = send(post(
+        &format!("{base}/v1/orders"),
+        r#"{"customerId": "c1", "items": [{"sku": "book", "quantity": 2, "priceCents": "1250"}],
+            "note": "leave at door", "attributes": {"gift": true, "tags": ["a", 1]}, "deliveryWindow": "3600s"}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.header("x-order-version"), Some("1"), "response metadata");
+    let v = r.json();
+    assert_eq!(v["id"], "o-1");
+    assert_eq!(v["customerId"], "c1");
+    assert_eq!(v["totalCents"], "2500", "int64 as a string");
+    assert_eq!(v["status"], "NEW", "enums as names");
+    assert_eq!(v["createdAt"], "2026-01-01T00:00:00.500Z");
+    assert_eq!(v["note"], "leave at door");
+    assert_eq!(v["deliveryWindow"], "3600s");
+    assert_eq!(
+        v["attributes"],
+        serde_json::json!({"gift": true, "tags": ["a", 1.0]})
+    );
+    assert_eq!(v["signature"], "3q2+7w==", "bytes as base64");
+    assert!(v.get("nextPageToken").is_none());
+    // A path variable.
+    let r = get(&format!("{base}/v1/orders/o-1"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["items"][0]["priceCents"], "1250");
+    // PUT with a FieldMask in its JSON form.
+    let r = send(request(
+        "PUT",
+        &format!("{base}/v1/orders/o-1"),
+        &[],
+        r#"{"order": {"note": "ring twice", "status": "PAID"}, "updateMask": "note,status"}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["status"], "PAID");
+    assert_eq!(r.json()["note"], "ring twice");
+    // Annotated: nested and repeated query parameters, bools, enums by name.
+    send(post(
+        &format!("{base}/v1/orders"),
+        r#"{"customerId": "c2"}"#,
+    ))
+    .await;
+    let r = get(
+        &format!("{base}/v1/orders?filter.customerId=c1&statuses=PAID&statuses=SHIPPED&pageSize=5&includeItems=true"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let list = r.json()["orders"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["id"], "o-1");
+    assert_eq!(list[0]["items"][0]["sku"], "book");
+    let r = get(&format!("{base}/v1/orders?filter.customer_id=c2"), &[]).await;
+    assert_eq!(
+        r.json()["orders"][0]["id"],
+        "o-2",
+        "proto names work in the query too"
+    );
+    // A verb, and an additional binding with two variables.
+    let r = send(post(
+        &format!("{base}/v1/orders/o-2:cancel"),
+        r#"{"reason": "late"}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["status"], "CANCELLED");
+    let r = send(post(
+        &format!("{base}/v1/customers/c9/orders/o-1:cancel"),
+        "{}",
+    ))
+    .await;
+    assert_eq!(r.status, 403, "the customer id came from the path");
+    assert_eq!(r.error_code(), "grpc_permission_denied");
+    // response_body: only that field.
+    let r = get(&format!("{base}/v1/orders/o-1/items"), &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json(),
+        serde_json::json!([{"sku": "book", "quantity": 2, "priceCents": "1250"}])
+    );
+    // google.protobuf.Empty.
+    let r = send(request("DELETE", &format!("{base}/v1/orders/o-2"), &[], "")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json(), serde_json::json!({}));
+    // No binding: 404; a path bound for other methods: 405 with Allow.
+    assert_eq!(get(&format!("{base}/v1/nothing"), &[]).await.status, 404);
+    let r = send(request(
+        "PATCH",
+        &format!("{base}/v1/orders/o-1"),
+        &[],
+        "{}",
+    ))
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("DELETE, GET, PUT"));
+}
+
+#[tokio::test]
+async fn grpc_statuses_become_http_statuses_with_message_and_details() {
+    let (addr, _svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    let r = get(&format!("{base}/v1/orders/missing"), &[]).await;
+    assert_eq!(r.status, 404);
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "grpc_not_found");
+    assert_eq!(e["grpc_status"], 5);
+    assert_eq!(e["message"], "no order missing");
+    let r = get(&format!("{base}/v1/orders/bad"), &[]).await;
+    assert_eq!(r.status, 400);
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "grpc_invalid_argument");
+    assert_eq!(
+        e["details"][0]["@type"],
+        "type.googleapis.com/google.rpc.BadRequest"
+    );
+    assert_eq!(e["details"][0]["fieldViolations"][0]["field"], "id");
+    // The service's own validation (INVALID_ARGUMENT, trailers-only).
+    let r = send(post(&format!("{base}/v1/orders"), "{}")).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["message"], "customer_id is required");
+    // The route's time budget goes as grpc-timeout; past it, 504.
+    let r = get(&format!("{base}/v1/orders/slow"), &[]).await;
+    assert_eq!(r.status, 504, "{:?}", r.body);
+    let code = r.error_code();
+    assert!(
+        ["grpc_deadline_exceeded", "upstream_timeout"].contains(&code.as_str()),
+        "{code}"
+    );
+}
+
+#[tokio::test]
+async fn metadata_goes_both_ways_and_the_deadline_is_sent() {
+    let (addr, svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    let r = get(
+        &format!("{base}/v1/orders/meta"),
+        &[
+            ("x-request-id", "tc-1"),
+            (
+                "traceparent",
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            ),
+            ("x-tenant", "t7"),
+            ("authorization", "Bearer secret"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let seen = r.json()["attributes"].clone();
+    assert_eq!(seen["x-request-id"], "tc-1");
+    assert!(seen["traceparent"].as_str().unwrap().starts_with("00-0af7"));
+    assert_eq!(seen["x-tenant"], "t7");
+    assert!(
+        seen.get("authorization").is_none(),
+        "not listed in request_headers"
+    );
+    assert_eq!(seen["content-type"], "application/grpc");
+    let timeout = seen["grpc-timeout"].as_str().unwrap();
+    let ms: u64 = timeout.trim_end_matches('m').parse().unwrap();
+    assert!(timeout.ends_with('m') && ms <= 500, "{timeout}");
+    assert_eq!(calls(&svc, "GetOrder"), 1);
+}
+
+#[tokio::test]
+async fn bad_input_never_reaches_the_service() {
+    let (addr, svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    let deep = format!(
+        "{{\"attributes\": {}1{}}}",
+        "{\"a\":".repeat(80),
+        "}".repeat(80)
+    );
+    for (body, why) in [
+        (r#"{"customerId": "c1""#.to_string(), "not valid JSON"),
+        (r#"{"customerId": 7}"#.to_string(), "customerId"),
+        (
+            r#"{"customerId": "c1", "colour": "red"}"#.to_string(),
+            "colour",
+        ),
+        (
+            r#"{"customerId": "c1", "items": [{"quantity": "many"}]}"#.to_string(),
+            "quantity",
+        ),
+        (r#"[1, 2]"#.to_string(), "object"),
+        (deep, "deeper"),
+    ] {
+        let r = send(post(&format!("{base}/v1/orders"), &body)).await;
+        assert_eq!(r.status, 400, "{body}: {:?}", r.body);
+        assert_eq!(r.error_code(), "invalid_request", "{body}");
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.contains(why), "{body}: {msg}");
+    }
+    let r = get(&format!("{base}/v1/orders?colour=red"), &[]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("colour"));
+    let r = get(&format!("{base}/v1/orders?pageSize=lots"), &[]).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(calls(&svc, "CreateOrder"), 0);
+    assert_eq!(calls(&svc, "ListOrders"), 0);
+    // `ignore` lets unknown fields go.
+    let gw = gateway(&config(addr, "").replace("unknown_fields: reject", "unknown_fields: ignore"))
+        .await;
+    let r = send(post(
+        &format!("{}/v1/orders", url(&gw, "public")),
+        r#"{"customerId": "c1", "colour": "red"}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+}
+
+#[tokio::test]
+async fn an_oversized_answer_is_a_502_and_json_options_apply() {
+    let (addr, _svc) = server().await;
+    let small = config(addr, "").replace(
+        "      response_headers: [x-order-version]",
+        "      response_headers: [x-order-version]\n      max_message: 64",
+    );
+    let gw = gateway(&small).await;
+    let base = url(&gw, "public");
+    let r = send(post(
+        &format!("{base}/v1/orders"),
+        &format!(r#"{{"customerId": "c1", "note": "{}"}}"#, "x".repeat(40)),
+    ))
+    .await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(r.error_code(), "upstream_protocol_error");
+    let opts = config(addr, "").replace(
+        "json: {unknown_fields: reject, emit_defaults: false, enums_as: names}",
+        "json: {unknown_fields: reject, emit_defaults: true, enums_as: numbers, field_names: proto}",
+    );
+    let gw = gateway(&opts).await;
+    let r = send(post(
+        &format!("{}/v1/orders", url(&gw, "public")),
+        r#"{"customer_id": "c1"}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let v = r.json();
+    assert_eq!(v["status"], 1);
+    assert_eq!(v["customer_id"], "c1");
+    assert_eq!(v["items"], serde_json::json!([]), "defaults written");
+}
+
+#[tokio::test]
+async fn contracts_and_bindings_that_do_not_load_are_config_errors() {
+    let base = config("127.0.0.1:9".parse().unwrap(), "");
+    let cases = [
+        (
+            base.replace("examples/protos/orders.proto", "examples/protos/nope.proto"),
+            "routes[0].grpc.protos[0]",
+            "does not compile",
+        ),
+        (
+            base.replace(
+                "call: api.OrderService/GetOrder",
+                "call: api.OrderService/Nope",
+            ),
+            "routes[0].grpc.bindings[1].call",
+            "no method",
+        ),
+        (
+            base.replace(
+                "\"/v1/orders/{id}\", call: api.OrderService/GetOrder",
+                "\"/v1/orders/{order.sku}\", call: api.OrderService/GetOrder",
+            ),
+            "routes[0].grpc.bindings[1]",
+            "has no field `order.sku`",
+        ),
+        (
+            base.replace("{put: \"/v1/orders/{id}\"", "{get: \"/v1/orders\""),
+            "routes[0].grpc",
+            "two bindings for `GET /v1/orders`",
+        ),
+        (
+            base.replace("services: [api.OrderService]", "services: [api.Nothing]"),
+            "routes[0].grpc.services[0]",
+            "no service",
+        ),
+        (
+            base.replace(
+                "body: \"*\"}\n        - {get",
+                "body: \"nope\"}\n        - {get",
+            ),
+            "routes[0].grpc.bindings[0]",
+            "no field `nope`",
+        ),
+    ];
+    for (yaml, at, why) in cases {
+        let e = config_error(&yaml).unwrap_or_else(|| panic!("accepted: {why}"));
+        assert!(
+            e.contains(at) && e.contains(why),
+            "want {at}: {why}, got:\n{e}"
+        );
+    }
+}
