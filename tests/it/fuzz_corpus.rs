@@ -48,3 +48,8 @@ fn h1_response_corpus() {
 fn h1_stream_corpus() {
     replay("h1_stream", turnpike::server::fuzzing::h1_stream);
 }
+
+#[test]
+fn grpc_json_corpus() {
+    replay("grpc_json", turnpike::server::fuzzing::grpc_json);
+}

@@ -17,7 +17,7 @@
 //! JSON error. See docs/grpc.md.
 
 pub mod path;
-mod protos;
+pub(crate) mod protos;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
@@ -339,14 +339,7 @@ impl Grpc {
             // The route's `max_body` bounds the body as it streams; this is a last guard.
             let bytes = read_all(body, 64 << 20).await?;
             if !bytes.iter().all(u8::is_ascii_whitespace) {
-                if !crate::targets::compose::shape::depth_within(&bytes, self.max_depth) {
-                    return Err(invalid(format!(
-                        "the body nests deeper than {} levels",
-                        self.max_depth
-                    )));
-                }
-                let v: Value = serde_json::from_slice(&bytes)
-                    .map_err(|e| invalid(format!("the body is not valid JSON: {e}")))?;
+                let v = parse_body(&bytes, self.max_depth)?;
                 match &rule.body {
                     BodyRule::Whole => {
                         if !v.is_object() {
@@ -381,17 +374,7 @@ impl Grpc {
                 set(&mut root, &fields, typed(&fields, &v), repeated);
             }
         }
-        // The path of the failing value goes into the error: `items[0].quantity: ...`.
-        let mut track = serde_path_to_error::Track::new();
-        let de = serde_path_to_error::Deserializer::new(root, &mut track);
-        DynamicMessage::deserialize_with_options(rule.grpc.input(), de, &self.de).map_err(|e| {
-            let at = track.path().to_string();
-            if at.is_empty() || at == "." {
-                invalid(format!("invalid request: {e}"))
-            } else {
-                invalid(format!("invalid request: {at}: {e}"))
-            }
-        })
+        to_message(&rule.grpc.input(), root, &self.de)
     }
 
     /// The JSON answer (or error) for the upstream's response.
@@ -551,6 +534,35 @@ impl Grpc {
             .collect();
         Some(Value::Array(list))
     }
+}
+
+/// A request body as JSON: nesting checked on the bytes first (catalogue E66).
+pub(crate) fn parse_body(bytes: &[u8], max_depth: u32) -> Result<Value, GatewayError> {
+    if !crate::targets::compose::shape::depth_within(bytes, max_depth) {
+        return Err(invalid(format!(
+            "the body nests deeper than {max_depth} levels"
+        )));
+    }
+    serde_json::from_slice(bytes).map_err(|e| invalid(format!("the body is not valid JSON: {e}")))
+}
+
+/// A JSON tree as a message of `desc` by the proto3 JSON mapping; the error names the
+/// failing value's place (`items[0].quantity: ...`).
+pub(crate) fn to_message(
+    desc: &MessageDescriptor,
+    root: Value,
+    options: &DeserializeOptions,
+) -> Result<DynamicMessage, GatewayError> {
+    let mut track = serde_path_to_error::Track::new();
+    let de = serde_path_to_error::Deserializer::new(root, &mut track);
+    DynamicMessage::deserialize_with_options(desc.clone(), de, options).map_err(|e| {
+        let at = track.path().to_string();
+        if at.is_empty() || at == "." {
+            invalid(format!("invalid request: {e}"))
+        } else {
+            invalid(format!("invalid request: {at}: {e}"))
+        }
+    })
 }
 
 fn names(list: &[String]) -> Vec<HeaderName> {

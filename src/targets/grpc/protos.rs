@@ -85,6 +85,28 @@ pub(super) fn pool(spec: &GrpcSpec, base: &Path) -> Result<DescriptorPool, (Stri
     Ok(compiler.descriptor_pool())
 }
 
+/// The pool of one `.proto` given as text (with the bundled and well-known imports).
+pub(crate) fn pool_from_source(name: &str, text: &str) -> Result<DescriptorPool, String> {
+    struct One(String, String);
+    impl FileResolver for One {
+        fn open_file(&self, name: &str) -> Result<File, protox::Error> {
+            if name == self.0 {
+                File::from_source(name, &self.1)
+            } else {
+                Err(protox::Error::file_not_found(name))
+            }
+        }
+    }
+    let mut chain = ChainFileResolver::new();
+    chain.add(One(name.to_string(), text.to_string()));
+    chain.add(Bundled);
+    chain.add(GoogleFileResolver::new());
+    let mut compiler = protox::Compiler::with_file_resolver(chain);
+    compiler.include_imports(true);
+    compiler.open_file(name).map_err(|e| e.to_string())?;
+    Ok(compiler.descriptor_pool())
+}
+
 /// `google.protobuf.Any`, as the details of a status carry it.
 #[derive(Clone, PartialEq, prost::Message)]
 pub(super) struct Any {
