@@ -127,6 +127,38 @@ pub struct DeleteOrderRequest {
     pub id: String,
 }
 
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct WatchOrdersRequest {
+    #[prost(string, tag = "1")]
+    pub customer_id: String,
+    #[prost(int32, tag = "2")]
+    pub count: i32,
+    #[prost(int32, tag = "3")]
+    pub interval_ms: i32,
+    #[prost(int32, tag = "4")]
+    pub end_with: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct OrderEvent {
+    #[prost(int32, tag = "1")]
+    pub seq: i32,
+    #[prost(string, tag = "2")]
+    pub order_id: String,
+    #[prost(int32, tag = "3")]
+    pub status: i32,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImportSummary {
+    #[prost(int32, tag = "1")]
+    pub imported: i32,
+    #[prost(string, repeated, tag = "2")]
+    pub ids: Vec<String>,
+}
+
+type Events = Pin<Box<dyn futures_util::Stream<Item = Result<OrderEvent, Status>> + Send>>;
+
 /// `google.rpc.BadRequest` (google/rpc/error_details.proto), for the `bad` hook.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct FieldViolation {
@@ -417,6 +449,75 @@ impl OrderService {
                     }
                 }
             }),
+            "WatchOrders" => {
+                let mut grpc = tonic::server::Grpc::new(
+                    ProstCodec::<OrderEvent, WatchOrdersRequest>::default(),
+                );
+                let svc = tower::service_fn(|r: Request<WatchOrdersRequest>| async move {
+                    let m = r.into_inner();
+                    let pause = std::time::Duration::from_millis(m.interval_ms.max(0) as u64);
+                    let customer = m.customer_id.clone();
+                    let events = futures_util::stream::unfold(0, move |seq| {
+                        let customer = customer.clone();
+                        async move {
+                            if seq >= m.count {
+                                return None;
+                            }
+                            if seq > 0 {
+                                tokio::time::sleep(pause).await;
+                            }
+                            let e = OrderEvent {
+                                seq,
+                                order_id: format!("{customer}-{seq}"),
+                                status: 1 + seq % 4,
+                            };
+                            Some((Ok(e), seq + 1))
+                        }
+                    });
+                    let end = m.end_with;
+                    let tail = futures_util::stream::iter(
+                        (end != 0)
+                            .then(|| Err(Status::new(Code::from_i32(end), "the watch ended"))),
+                    );
+                    let stream: Events = Box::pin(futures_util::StreamExt::chain(events, tail));
+                    Ok::<_, Status>(Response::new(stream))
+                });
+                grpc.server_streaming(svc, req).await
+            }
+            "ImportOrders" => {
+                let mut grpc = tonic::server::Grpc::new(ProstCodec::<
+                    ImportSummary,
+                    CreateOrderRequest,
+                >::default());
+                let svc =
+                    tower::service_fn(move |r: Request<tonic::Streaming<CreateOrderRequest>>| {
+                        let orders = orders.clone();
+                        async move {
+                            let mut stream = r.into_inner();
+                            let mut ids = Vec::new();
+                            while let Some(m) = stream.message().await? {
+                                let mut map = orders.lock().unwrap();
+                                let id = format!("o-{}", map.len() + 1);
+                                map.insert(
+                                    id.clone(),
+                                    Order {
+                                        id: id.clone(),
+                                        customer_id: m.customer_id,
+                                        items: m.items,
+                                        status: 1,
+                                        ..Default::default()
+                                    },
+                                );
+                                ids.push(id);
+                            }
+                            Ok::<_, Status>(Response::new(ImportSummary {
+                                imported: ids.len() as i32,
+                                ids,
+                            }))
+                        }
+                    });
+                grpc.client_streaming(svc, req).await
+            }
             _ => {
                 let mut resp = http::Response::new(tonic::body::Body::empty());
                 let h = resp.headers_mut();

@@ -38,6 +38,11 @@ pub struct GrpcSpec {
     /// The largest message accepted from the upstream (502 past it) and sent to it.
     #[serde(default = "four_mib")]
     pub max_message: Size,
+    /// How server-streaming answers are written: `ndjson` (one JSON message per line,
+    /// default) or `sse` (Server-Sent Events; also chosen per request by
+    /// `Accept: text/event-stream`).
+    #[serde(default)]
+    pub stream: StreamAs,
     /// Client request headers sent as gRPC metadata (besides the request id and
     /// `traceparent`, always sent).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -87,6 +92,17 @@ pub enum UnknownFields {
     Reject,
     /// Left out.
     Ignore,
+}
+
+/// How a server-streaming answer is written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamAs {
+    /// `application/x-ndjson`: one message per line.
+    #[default]
+    Ndjson,
+    /// `text/event-stream`: one `data:` event per message.
+    Sse,
 }
 
 /// How enum values are written.

@@ -366,3 +366,111 @@ async fn contracts_and_bindings_that_do_not_load_are_config_errors() {
         );
     }
 }
+
+/// Reads a streaming answer frame by frame: the data of each frame, in order.
+async fn frames(resp: hyper::Response<hyper::body::Incoming>) -> Vec<String> {
+    use http_body_util::BodyExt;
+    let mut body = resp.into_body();
+    let mut out = Vec::new();
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            out.push(String::from_utf8(d.to_vec()).unwrap());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn server_streaming_is_ndjson_or_sse_flushed_per_message() {
+    let (addr, _svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    // NDJSON: each message is its own chunk, sent when it arrives (the service waits
+    // 300 ms between them, so they cannot share one).
+    let resp = client()
+        .request(request(
+            "GET",
+            &format!("{base}/v1/orders/c1/events?count=3&intervalMs=300"),
+            &[],
+            "",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
+    let chunks = frames(resp).await;
+    assert_eq!(
+        chunks,
+        [
+            "{\"orderId\":\"c1-0\",\"status\":\"NEW\"}\n",
+            "{\"seq\":1,\"orderId\":\"c1-1\",\"status\":\"PAID\"}\n",
+            "{\"seq\":2,\"orderId\":\"c1-2\",\"status\":\"SHIPPED\"}\n",
+        ]
+    );
+    // Server-Sent Events by Accept; a status after the messages ends the stream with an
+    // error event.
+    let resp = client()
+        .request(request(
+            "GET",
+            &format!("{base}/v1/orders/c2/events?count=1&endWith=8"),
+            &[("accept", "text/event-stream")],
+            "",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let text = frames(resp).await.concat();
+    let events: Vec<&str> = text.split("\n\n").filter(|e| !e.is_empty()).collect();
+    assert_eq!(events.len(), 2, "{text}");
+    assert_eq!(events[0], "data: {\"orderId\":\"c2-0\",\"status\":\"NEW\"}");
+    let (kind, data) = events[1].split_once('\n').unwrap();
+    assert_eq!(kind, "event: error");
+    let e: serde_json::Value = serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(e["error"]["code"], "grpc_resource_exhausted");
+    assert_eq!(e["error"]["message"], "the watch ended");
+    // A status before any message is an ordinary error answer.
+    let r = get(
+        &format!("{base}/v1/orders/c3/events?count=0&endWith=5"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.error_code(), "grpc_not_found");
+}
+
+#[tokio::test]
+async fn client_streaming_reads_an_ndjson_body() {
+    let (addr, svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    let r = send(request(
+        "POST",
+        &format!("{base}/v1/orders/import"),
+        &[("content-type", "application/x-ndjson")],
+        "{\"customerId\": \"a\"}\n\n{\"customerId\": \"b\", \"items\": [{\"sku\": \"x\"}]}\n",
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.json(),
+        serde_json::json!({"imported": 2, "ids": ["o-1", "o-2"]})
+    );
+    let r = send(request(
+        "POST",
+        &format!("{base}/v1/orders/import"),
+        &[],
+        "{\"customerId\": \"a\"}\n{\"customerId\": 5}\n",
+    ))
+    .await;
+    assert_eq!(r.status, 400);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.starts_with("line 2: ") && msg.contains("customerId"),
+        "{msg}"
+    );
+    assert_eq!(
+        calls(&svc, "ImportOrders"),
+        1,
+        "the bad stream was never sent"
+    );
+}

@@ -92,6 +92,7 @@ pub struct Grpc {
     proto_names: bool,
     max_depth: u32,
     max_message: u64,
+    sse: bool,
     request_headers: Vec<HeaderName>,
     response_headers: Vec<HeaderName>,
 }
@@ -218,6 +219,7 @@ impl Grpc {
             proto_names: j.field_names == FieldNames::Proto,
             max_depth: j.max_depth,
             max_message: spec.max_message.0,
+            sse: spec.stream == crate::config::grpc::StreamAs::Sse,
             request_headers: names(&spec.request_headers),
             response_headers: names(&spec.response_headers),
         })
@@ -272,15 +274,28 @@ impl Grpc {
             }
         };
         let (parts, body) = req.into_parts();
-        let message = self.request_message(rule, &values, &parts, body).await?;
-        let encoded = message.encode_to_vec();
-        if encoded.len() as u64 > self.max_message {
-            return Err(GatewayError::PayloadTooLarge);
+        let messages = if rule.grpc.is_client_streaming() {
+            self.request_stream(rule, &values, body).await?
+        } else {
+            vec![self.request_message(rule, &values, &parts, body).await?]
+        };
+        let mut frame = BytesMut::new();
+        for message in &messages {
+            let encoded = message.encode_to_vec();
+            if encoded.len() as u64 > self.max_message {
+                return Err(GatewayError::PayloadTooLarge);
+            }
+            frame.put_u8(0);
+            frame.put_u32(encoded.len() as u32);
+            frame.extend_from_slice(&encoded);
         }
-        let mut frame = BytesMut::with_capacity(5 + encoded.len());
-        frame.put_u8(0);
-        frame.put_u32(encoded.len() as u32);
-        frame.extend_from_slice(&encoded);
+        let sse = rule.grpc.is_server_streaming()
+            && (self.sse
+                || parts
+                    .headers
+                    .get(http::header::ACCEPT)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("text/event-stream")));
         let mut headers = HeaderMap::with_capacity(8 + self.request_headers.len());
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -303,7 +318,12 @@ impl Grpc {
             ctx.stats = child.stats.take();
         }
         let resp = result?;
-        let answered = self.answer(rule, resp).await;
+        let answered = if rule.grpc.is_server_streaming() {
+            self.stream_answer(rule, resp, sse, ctx.request_id_str())
+                .await
+        } else {
+            self.answer(rule, resp).await
+        };
         // A service that honours `grpc-timeout` (tonic, grpc-go) ends the call with
         // CANCELLED when the budget we sent runs out: that is the deadline, a 504.
         match answered {
@@ -377,6 +397,115 @@ impl Grpc {
         to_message(&rule.grpc.input(), root, &self.de)
     }
 
+    /// The messages of a client-streaming call: an NDJSON body, one message per line
+    /// (the path's variables set in each).
+    async fn request_stream(
+        &self,
+        rule: &Rule,
+        values: &[String],
+        body: Body,
+    ) -> Result<Vec<DynamicMessage>, GatewayError> {
+        let bytes = read_all(body, 64 << 20).await?;
+        let mut out = Vec::new();
+        for (n, line) in bytes.split(|b| *b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let mut v = parse_body(line, self.max_depth)
+                .map_err(|e| invalid(format!("line {}: {}", n + 1, text_of(&e))))?;
+            if !v.is_object() {
+                return Err(invalid(format!(
+                    "line {}: a message must be a JSON object",
+                    n + 1
+                )));
+            }
+            for (fields, value) in rule.vars.iter().zip(values) {
+                set(&mut v, fields, typed(fields, value), false);
+            }
+            let m = to_message(&rule.grpc.input(), v, &self.de)
+                .map_err(|e| invalid(format!("line {}: {}", n + 1, text_of(&e))))?;
+            out.push(m);
+        }
+        Ok(out)
+    }
+
+    /// A server-streaming answer: each message written as it arrives, as an NDJSON line
+    /// or a Server-Sent Event; a status that ends the stream with an error after the
+    /// head is written as a last `{"error": ...}` line (or an `error` event).
+    async fn stream_answer(
+        &self,
+        rule: &Rule,
+        resp: Response,
+        sse: bool,
+        request_id: &str,
+    ) -> Result<Response, GatewayError> {
+        let upstream = self.binding.cluster.name.to_string();
+        let (head, body) = resp.into_parts();
+        if head.status != StatusCode::OK {
+            return Err(GatewayError::UpstreamProtocol {
+                upstream,
+                cause: format!("HTTP status {} from a gRPC upstream", head.status),
+            });
+        }
+        let mut extra = HeaderMap::new();
+        for name in &self.response_headers {
+            for v in head.headers.get_all(name) {
+                extra.append(name.clone(), v.clone());
+            }
+        }
+        if let Some(code) = status_of(&head.headers) {
+            // Trailers-only: no message, a status.
+            if code != 0 {
+                return Err(grpc_error(code, &head.headers, self, extra));
+            }
+        }
+        let state = Streaming {
+            body,
+            buf: BytesMut::new(),
+            desc: rule.grpc.output(),
+            ser: self.ser.clone(),
+            sse,
+            max: self.max_message,
+            done: status_of(&head.headers).is_some(),
+            request_id: request_id.to_string(),
+            upstream,
+            pool: self.pool.clone(),
+        };
+        let mut state = state;
+        // The head waits for the first message, so that a status before any message
+        // is an ordinary error answer with its HTTP status.
+        let first = match state.pull().await {
+            Some(Err(e)) => return Err(e),
+            Some(Ok(json)) => Some(state.wrap(&json, false)),
+            None => None,
+        };
+        let head_chunk =
+            futures_util::stream::iter(first.map(|b| -> Chunk { Ok(http_body::Frame::data(b)) }));
+        let stream = futures_util::StreamExt::chain(
+            head_chunk,
+            futures_util::stream::unfold(state, Streaming::next),
+        );
+        let body = Body::Boxed(http_body_util::BodyExt::boxed(
+            http_body_util::StreamBody::new(stream),
+        ));
+        let mut resp = http::Response::new(body);
+        let h = resp.headers_mut();
+        h.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static(if sse {
+                "text/event-stream"
+            } else {
+                "application/x-ndjson"
+            }),
+        );
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
+        h.extend(extra);
+        Ok(resp)
+    }
+
     /// The JSON answer (or error) for the upstream's response.
     async fn answer(&self, rule: &Rule, resp: Response) -> Result<Response, GatewayError> {
         let upstream = self.binding.cluster.name.to_string();
@@ -437,23 +566,7 @@ impl Grpc {
             }
         }
         if code != 0 {
-            let message = meta
-                .get(&GRPC_MESSAGE)
-                .map(|v| {
-                    percent_encoding::percent_decode(v.as_bytes())
-                        .decode_utf8_lossy()
-                        .into_owned()
-                })
-                .unwrap_or_default();
-            let details = meta
-                .get(&GRPC_DETAILS)
-                .and_then(|v| self.details(v.as_bytes()));
-            return Err(GatewayError::Grpc {
-                code,
-                message,
-                details,
-                headers: Box::new(extra),
-            });
+            return Err(grpc_error(code, meta, self, extra));
         }
         let mut data = data.freeze();
         if data.len() < 5 {
@@ -498,42 +611,41 @@ impl Grpc {
         resp.headers_mut().extend(extra);
         Ok(resp)
     }
+}
 
-    /// `google.rpc.Status` details as JSON: each `Any` decoded when its type is in the
-    /// contracts, otherwise only its `@type`.
-    fn details(&self, b64: &[u8]) -> Option<Value> {
-        use base64::Engine;
-        let raw = base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(
-                b64.strip_suffix(b"==")
-                    .or(b64.strip_suffix(b"="))
-                    .unwrap_or(b64),
-            )
-            .ok()?;
-        let status = protos::Status::decode(raw.as_slice()).ok()?;
-        let list = status
-            .details
-            .iter()
-            .map(|any| {
-                let name = any.type_url.rsplit('/').next().unwrap_or("");
-                let mut v = self
-                    .pool
-                    .get_message_by_name(name)
-                    .and_then(|d| DynamicMessage::decode(d, any.value.as_slice()).ok())
-                    .and_then(|m| {
-                        let mut out = Vec::new();
-                        let mut s = serde_json::Serializer::new(&mut out);
-                        m.serialize_with_options(&mut s, &self.ser).ok()?;
-                        serde_json::from_slice::<Value>(&out).ok()
-                    })
-                    .filter(Value::is_object)
-                    .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
-                v["@type"] = Value::from(any.type_url.clone());
-                v
-            })
-            .collect();
-        Some(Value::Array(list))
-    }
+/// `google.rpc.Status` details as JSON: each `Any` decoded when its type is in the
+/// contracts, otherwise only its `@type`.
+fn details(pool: &DescriptorPool, ser: &SerializeOptions, b64: &[u8]) -> Option<Value> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::STANDARD_NO_PAD
+        .decode(
+            b64.strip_suffix(b"==")
+                .or(b64.strip_suffix(b"="))
+                .unwrap_or(b64),
+        )
+        .ok()?;
+    let status = protos::Status::decode(raw.as_slice()).ok()?;
+    let list = status
+        .details
+        .iter()
+        .map(|any| {
+            let name = any.type_url.rsplit('/').next().unwrap_or("");
+            let mut v = pool
+                .get_message_by_name(name)
+                .and_then(|d| DynamicMessage::decode(d, any.value.as_slice()).ok())
+                .and_then(|m| {
+                    let mut out = Vec::new();
+                    let mut s = serde_json::Serializer::new(&mut out);
+                    m.serialize_with_options(&mut s, ser).ok()?;
+                    serde_json::from_slice::<Value>(&out).ok()
+                })
+                .filter(Value::is_object)
+                .unwrap_or_else(|| Value::Object(serde_json::Map::new()));
+            v["@type"] = Value::from(any.type_url.clone());
+            v
+        })
+        .collect();
+    Some(Value::Array(list))
 }
 
 /// A request body as JSON: nesting checked on the bytes first (catalogue E66).
@@ -565,10 +677,187 @@ pub(crate) fn to_message(
     })
 }
 
+/// The `grpc-status` of a head or trailers.
+fn status_of(meta: &HeaderMap) -> Option<u32> {
+    meta.get(&GRPC_STATUS)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+/// The error of a non-zero `grpc-status`, with its message and details.
+fn grpc_error(code: u32, meta: &HeaderMap, grpc: &Grpc, headers: HeaderMap) -> GatewayError {
+    status_error(code, meta, &grpc.pool, &grpc.ser, headers)
+}
+
+fn status_error(
+    code: u32,
+    meta: &HeaderMap,
+    pool: &DescriptorPool,
+    ser: &SerializeOptions,
+    headers: HeaderMap,
+) -> GatewayError {
+    let message = meta
+        .get(&GRPC_MESSAGE)
+        .map(|v| {
+            percent_encoding::percent_decode(v.as_bytes())
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
+    let details = meta
+        .get(&GRPC_DETAILS)
+        .and_then(|v| details(pool, ser, v.as_bytes()));
+    GatewayError::Grpc {
+        code,
+        message,
+        details,
+        headers: Box::new(headers),
+    }
+}
+
+/// The state of a server-streaming answer.
+struct Streaming {
+    body: Body,
+    buf: BytesMut,
+    desc: MessageDescriptor,
+    ser: SerializeOptions,
+    sse: bool,
+    max: u64,
+    done: bool,
+    request_id: String,
+    upstream: String,
+    pool: DescriptorPool,
+}
+
+type Chunk = Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
+
+impl Streaming {
+    /// The next chunk for the client: a message, a final error, or the end.
+    async fn next(mut self) -> Option<(Chunk, Self)> {
+        let chunk = match self.pull().await? {
+            Ok(json) => self.wrap(&json, false),
+            Err(e) => {
+                self.done = true;
+                self.error_chunk(e)
+            }
+        };
+        Some((Ok(http_body::Frame::data(chunk)), self))
+    }
+
+    /// The next message as JSON, the error that ends the stream, or its clean end.
+    async fn pull(&mut self) -> Option<Result<Vec<u8>, GatewayError>> {
+        use http_body_util::BodyExt;
+        if self.done {
+            return None;
+        }
+        loop {
+            if self.buf.len() >= 5 {
+                let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]);
+                if self.buf[0] != 0 {
+                    return Some(Err(self.fail("a compressed message (none was asked for)")));
+                }
+                if u64::from(len) > self.max {
+                    return Some(Err(self.fail("a message over max_message")));
+                }
+                if self.buf.len() >= 5 + len as usize {
+                    let frame = self.buf.split_to(5 + len as usize).freeze();
+                    let Ok(m) = DynamicMessage::decode(self.desc.clone(), frame.slice(5..)) else {
+                        return Some(Err(self.fail("a message that does not decode")));
+                    };
+                    let mut out = Vec::new();
+                    let mut s = serde_json::Serializer::new(&mut out);
+                    if m.serialize_with_options(&mut s, &self.ser).is_err() {
+                        return Some(Err(self.fail("a message without a JSON form")));
+                    }
+                    return Some(Ok(out));
+                }
+            }
+            match self.body.frame().await {
+                None => return Some(Err(self.fail("the stream ended without grpc-status"))),
+                Some(Err(e)) => {
+                    self.done = true;
+                    return Some(Err(GatewayError::UpstreamReset {
+                        upstream: self.upstream.clone(),
+                        cause: e.to_string(),
+                    }));
+                }
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(d) => {
+                        if (self.buf.len() + d.len()) as u64 > self.max + 5 {
+                            return Some(Err(self.fail("a message over max_message")));
+                        }
+                        self.buf.extend_from_slice(&d);
+                    }
+                    Err(f) => {
+                        let Ok(trailers) = f.into_trailers() else {
+                            continue;
+                        };
+                        self.done = true;
+                        return match status_of(&trailers) {
+                            Some(0) => None,
+                            None => Some(Err(self.fail("no grpc-status"))),
+                            Some(code) => Some(Err(status_error(
+                                code,
+                                &trailers,
+                                &self.pool,
+                                &self.ser,
+                                HeaderMap::new(),
+                            ))),
+                        };
+                    }
+                },
+            }
+        }
+    }
+
+    fn fail(&mut self, cause: &str) -> GatewayError {
+        self.done = true;
+        tracing::warn!(request_id = self.request_id, cause, "gRPC stream failed");
+        GatewayError::UpstreamProtocol {
+            upstream: self.upstream.clone(),
+            cause: cause.to_string(),
+        }
+    }
+
+    fn error_chunk(&self, err: GatewayError) -> Bytes {
+        let resp = err.into_response(&self.request_id);
+        let body = match resp.into_body() {
+            Body::Full(Some(b)) => b,
+            _ => Bytes::new(),
+        };
+        self.wrap(&body, true)
+    }
+
+    /// One NDJSON line, or one event.
+    fn wrap(&self, json: &[u8], error: bool) -> Bytes {
+        let mut out = BytesMut::with_capacity(json.len() + 16);
+        if self.sse {
+            if error {
+                out.extend_from_slice(b"event: error\n");
+            }
+            out.extend_from_slice(b"data: ");
+            out.extend_from_slice(json);
+            out.extend_from_slice(b"\n\n");
+        } else {
+            out.extend_from_slice(json);
+            out.put_u8(b'\n');
+        }
+        out.freeze()
+    }
+}
+
 fn names(list: &[String]) -> Vec<HeaderName> {
     list.iter()
         .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
         .collect()
+}
+
+/// The text of an `invalid_request` error (or its code for any other).
+fn text_of(e: &GatewayError) -> String {
+    match e {
+        GatewayError::InvalidRequest(m) => m.clone(),
+        other => other.code().to_string(),
+    }
 }
 
 fn invalid(message: String) -> GatewayError {
@@ -717,12 +1006,6 @@ fn make_rule(method: &MethodDescriptor, b: &BindingSpec) -> Result<Rule, String>
     let Some(&(verb, text)) = b.pattern().first() else {
         return Err("no method and path".into());
     };
-    if method.is_client_streaming() || method.is_server_streaming() {
-        return Err(format!(
-            "`{}` streams; streaming transcoding is not available yet (proxy it with `protocol: h2c` instead)",
-            method.full_name()
-        ));
-    }
     let template = PathTemplate::parse(text)?;
     let input = method.input();
     let mut vars = Vec::new();
