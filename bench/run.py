@@ -27,6 +27,9 @@ the same run. Workloads:
   W5  aggregation: one request composed from three calls (a compose route) against the
       same three calls made by the client through turnpike plain and nginx plain, in the
       same rounds (the baseline is 3 x their W1 CPU per request)
+  W6  gRPC transcoding: GET /v1/orders/fixed transcoded to api.OrderService/GetOrder
+      against the same call made natively through turnpike's gRPC passthrough, both from
+      h2load over HTTP/2 (fixed request count per round), CPU per request paired by round
   W4  memory: RSS at start (quickstart config), bytes per idle keep-alive connection
       (5000 connections after one request each), peak RSS at 1000 active connections
   counts  (--counts) user-space instructions per request (callgrind) and system calls
@@ -52,7 +55,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RELEASE = ROOT / "target" / "release"
-PORTS = {"upstream": 19100, "nginx": 19200, "turnpike": 19300, "admin": 19301,
+PORTS = {"upstream": 19100, "grpc": 19110, "nginx": 19200, "turnpike": 19300, "admin": 19301,
          "haproxy": 19400, "envoy": 19500}
 PROXY_CORE, LOAD_CORE = "0", "1"
 CERT, KEY = ROOT / "examples" / "tls" / "server.pem", ROOT / "examples" / "tls" / "server.key"
@@ -199,7 +202,7 @@ class Proxies:
         env.update(BENCH_PROXY_PORT=str(PORTS["turnpike"]), BENCH_ADMIN_PORT=str(PORTS["admin"]),
                    BENCH_UPSTREAM_PORT=str(PORTS["upstream"]), TURNPIKE_LOG="error",
                    BENCH_CERT=str(CERT), BENCH_KEY=str(KEY),
-                   BENCH_JWT_SECRET=JWT_SECRET, BENCH_API_KEY=API_KEY)
+                   BENCH_JWT_SECRET=JWT_SECRET, BENCH_API_KEY=API_KEY, BENCH_GRPC_PORT=str(PORTS["grpc"]))
         return env
 
     def turnpike_cmd(self, config=None):
@@ -467,6 +470,57 @@ def w5(args, proxies):
     return out
 
 
+def h2load_run(port, path, n, grpc=False, body=None):
+    """Runs h2load over HTTP/2 (prior knowledge) on the load core; returns (succeeded, failed)."""
+    cmd = ["taskset", "-c", LOAD_CORE, "h2load", "-n", str(n), "-c", "10", "-m", "1"]
+    if grpc:
+        cmd += ["-d", str(body), "-H", "content-type: application/grpc", "-H", "te: trailers"]
+    cmd.append(f"http://127.0.0.1:{port}{path}")
+    out = subprocess.run(cmd, capture_output=True, text=True).stdout
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed", out)
+    return (int(m.group(1)), int(m.group(2))) if m else (0, n)
+
+
+def w6(args, proxies):
+    """Transcoded unary call against the native gRPC call, through one turnpike."""
+    grpc = spawn([str(RELEASE / "examples" / "orders_server"), f"127.0.0.1:{PORTS['grpc']}"], LOAD_CORE)
+    wait_port(PORTS["grpc"])
+    proxies.procs["orders_server"] = grpc
+    body = proxies.tmp / "get-fixed.bin"
+    body.write_bytes(bytes([0, 0, 0, 0, 7, 0x0a, 5]) + b"fixed")
+    proc = spawn(proxies.turnpike_cmd(ROOT / "bench" / "turnpike-w6.yaml"), PROXY_CORE, env=proxies.turnpike_env(),
+                 cwd=str(ROOT / "bench"))
+    wait_port(PORTS["turnpike"], timeout=120)
+    proxies.procs["turnpike-w6"] = proc
+    port = PORTS["turnpike"]
+    got = urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/orders/fixed", timeout=5).read()
+    if b'"customerId":"c-42"' not in got:
+        raise SystemExit(f"unexpected transcoded answer: {got!r}")
+    n = args.count_requests * 2
+    modes = {"native": ("/api.OrderService/GetOrder", True), "transcoded": ("/v1/orders/fixed", False)}
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        for mode, (path, is_grpc) in modes.items():
+            h2load_run(port, path, n // 10, is_grpc, body)
+            before = cpu_ticks(proc.pid)
+            ok, failed = h2load_run(port, path, n, is_grpc, body)
+            after = cpu_ticks(proc.pid)
+            row[mode] = {"cpu_us_per_req": (after - before) / TICKS * 1e6 / max(ok, 1), "ok": ok, "failed": failed}
+        row["ratio"] = row["transcoded"]["cpu_us_per_req"] / row["native"]["cpu_us_per_req"]
+        row["kept"] = all(row[m]["failed"] == 0 and row[m]["ok"] == n for m in modes)
+        log(f"W6 round {r + 1}: native {row['native']['cpu_us_per_req']:.2f}us, transcoded "
+            f"{row['transcoded']['cpu_us_per_req']:.2f}us, ratio {row['ratio']:.2f}" + ("" if row["kept"] else " [discarded]"))
+        rounds.append(row)
+    proxies.stop_all()
+    kept = [r for r in rounds if r["kept"]] or rounds
+    med = lambda f: statistics.median(f(r) for r in kept)
+    return {"rounds": rounds, "kept": len(kept), "requests_per_round": n,
+            "native_us": med(lambda r: r["native"]["cpu_us_per_req"]),
+            "transcoded_us": med(lambda r: r["transcoded"]["cpu_us_per_req"]),
+            "ratio": med(lambda r: r["ratio"])}
+
+
 def w3(args, proxies):
     return compare(args, proxies, ["nginx", "turnpike", "turnpike-w3", "turnpike-w3-redis", "turnpike-w3-redis-batch",
                                    "haproxy-w3", "envoy-w3"], "W3")
@@ -693,6 +747,14 @@ def report(results):
                   f"| turnpike compose, three calls | {c['turnpike-w5']:.2f} | {w['rps']['turnpike-w5']:.0f} |", "",
                   f"**Composed request / three proxied calls (paired, median): {w['over_three_turnpike']:.2f} x turnpike's, "
                   f"{w['over_three_nginx']:.2f} x nginx's.**", ""]
+    if "w6" in results:
+        w = results["w6"]
+        lines += ["## W6: REST/JSON to gRPC transcoding against native gRPC, one unary call",
+                  f"Rounds kept: {w['kept']} of {len(w['rounds'])}, {w['requests_per_round']} requests per mode and round (h2load, HTTP/2, 10 connections).", "",
+                  "| | turnpike CPU µs/request (median) |", "|---|---|",
+                  f"| native gRPC passthrough | {w['native_us']:.2f} |",
+                  f"| transcoded (GET /v1/orders/fixed, JSON) | {w['transcoded_us']:.2f} |", "",
+                  f"**Transcoded / native (paired, median): {w['ratio']:.2f}.**", ""]
     if "w4" in results:
         m = results["w4"]
         lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",
@@ -717,7 +779,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1r, w2, w2rl, w3, w5, w1tls, latency, w4 (empty for none)")
+    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1r, w2, w2rl, w3, w5, w6, w1tls, latency, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
     ap.add_argument("--latency-rounds", type=int, default=3)
@@ -742,6 +804,8 @@ def main():
                 results["w1r"] = w1r(args, proxies)
             if "w5" in wanted:
                 results["w5"] = w5(args, proxies)
+            if "w6" in wanted:
+                results["w6"] = w6(args, proxies)
             if "w1tls" in wanted:
                 results["w1tls"] = w1(args, proxies, tls=True)
             if "latency" in wanted:

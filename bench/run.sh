@@ -31,6 +31,6 @@ fi
 export PATH="$HOME/.cargo/bin:$PATH"
 # The distribution's nginx service is not the one measured.
 sudo_if_needed systemctl stop nginx >/dev/null 2>&1 || true
-cargo build --release --locked --bin turnpike --example bench_upstream
+cargo build --release --locked --bin turnpike --example bench_upstream --example orders_server
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 exec python3 bench/run.py "$@"

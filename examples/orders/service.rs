@@ -228,6 +228,23 @@ fn now() -> prost_types::Timestamp {
     }
 }
 
+/// The order `GetOrder` answers for id `fixed` (the benchmark's).
+pub fn fixed() -> Order {
+    Order {
+        id: "fixed".into(),
+        customer_id: "c-42".into(),
+        items: vec![
+            Item { sku: "book-17".into(), quantity: 2, price_cents: 1250 },
+            Item { sku: "pen-3".into(), quantity: 1, price_cents: 199 },
+        ],
+        total_cents: 2699,
+        status: 2,
+        created_at: Some(now()),
+        note: Some("leave at the door".into()),
+        ..Default::default()
+    }
+}
+
 macro_rules! unary {
     ($req:expr, $in:ty, $out:ty, $f:expr) => {{
         let mut grpc = tonic::server::Grpc::new(ProstCodec::<$out, $in>::default());
@@ -320,6 +337,7 @@ impl OrderService {
                                 ));
                             }
                             "slow" => tokio::time::sleep(std::time::Duration::from_secs(2)).await,
+                        "fixed" => return Ok(Response::new(fixed())),
                             "meta" => {
                                 let fields = headers
                                     .iter()
