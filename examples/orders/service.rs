@@ -234,8 +234,16 @@ pub fn fixed() -> Order {
         id: "fixed".into(),
         customer_id: "c-42".into(),
         items: vec![
-            Item { sku: "book-17".into(), quantity: 2, price_cents: 1250 },
-            Item { sku: "pen-3".into(), quantity: 1, price_cents: 199 },
+            Item {
+                sku: "book-17".into(),
+                quantity: 2,
+                price_cents: 1250,
+            },
+            Item {
+                sku: "pen-3".into(),
+                quantity: 1,
+                price_cents: 199,
+            },
         ],
         total_cents: 2699,
         status: 2,
@@ -337,7 +345,7 @@ impl OrderService {
                                 ));
                             }
                             "slow" => tokio::time::sleep(std::time::Duration::from_secs(2)).await,
-                        "fixed" => return Ok(Response::new(fixed())),
+                            "fixed" => return Ok(Response::new(fixed())),
                             "meta" => {
                                 let fields = headers
                                     .iter()
