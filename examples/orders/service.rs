@@ -127,6 +127,23 @@ pub struct DeleteOrderRequest {
     pub id: String,
 }
 
+/// `google.api.HttpBody`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct HttpBody {
+    #[prost(string, tag = "1")]
+    pub content_type: String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct UploadReceiptRequest {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(message, optional, tag = "2")]
+    pub file: Option<HttpBody>,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WatchOrdersRequest {
     #[prost(string, tag = "1")]
@@ -474,6 +491,27 @@ impl OrderService {
                         None => Err(Status::not_found(format!("no order {id}"))),
                     }
                 }
+            }),
+            "GetInvoice" => unary!(req, GetOrderRequest, HttpBody, move |r: Request<
+                GetOrderRequest,
+            >| async move {
+                let id = r.into_inner().id;
+                Ok::<_, Status>(Response::new(HttpBody {
+                    content_type: "text/csv".into(),
+                    data: format!("order,total\n{id},2699\n").into_bytes(),
+                }))
+            }),
+            "UploadReceipt" => unary!(req, UploadReceiptRequest, Order, move |r: Request<
+                UploadReceiptRequest,
+            >| async move {
+                let m = r.into_inner();
+                let file = m.file.unwrap_or_default();
+                Ok::<_, Status>(Response::new(Order {
+                    id: m.id,
+                    note: Some(file.content_type),
+                    signature: file.data,
+                    ..Default::default()
+                }))
             }),
             "WatchOrders" => {
                 let mut grpc = tonic::server::Grpc::new(

@@ -474,3 +474,35 @@ async fn client_streaming_reads_an_ndjson_body() {
         "the bad stream was never sent"
     );
 }
+
+#[tokio::test]
+async fn http_body_is_sent_and_answered_raw() {
+    let (addr, _svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    let r = get(&format!("{base}/v1/orders/o-9/invoice"), &[]).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/csv"));
+    assert_eq!(&r.body[..], b"order,total\no-9,2699\n");
+    let receipt: &[u8] = b"%PDF-1.7 \x00\xff binary";
+    let req = http::Request::builder()
+        .method("POST")
+        .uri(format!("{base}/v1/orders/o-9/receipt"))
+        .header("content-type", "application/pdf")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            receipt,
+        )))
+        .unwrap();
+    let r = send(req).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let v = r.json();
+    assert_eq!(v["id"], "o-9", "the path still fills the other fields");
+    assert_eq!(v["note"], "application/pdf");
+    use base64::Engine;
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(v["signature"].as_str().unwrap())
+            .unwrap(),
+        receipt
+    );
+}

@@ -355,10 +355,37 @@ impl Grpc {
         body: Body,
     ) -> Result<DynamicMessage, GatewayError> {
         let mut root = Value::Object(serde_json::Map::new());
+        // A `google.api.HttpBody` body is the raw bytes and their content type.
+        let mut raw: Option<(Option<FieldDescriptor>, DynamicMessage)> = None;
         if !matches!(rule.body, BodyRule::None) {
             // The route's `max_body` bounds the body as it streams; this is a last guard.
             let bytes = read_all(body, 64 << 20).await?;
-            if !bytes.iter().all(u8::is_ascii_whitespace) {
+            let target = match &rule.body {
+                BodyRule::Whole if is_http_body(&rule.grpc.input()) => {
+                    Some((None, rule.grpc.input()))
+                }
+                BodyRule::Field(f) => match f.kind() {
+                    Kind::Message(m) if is_http_body(&m) && !f.is_list() => {
+                        Some((Some(f.clone()), m))
+                    }
+                    _ => None,
+                },
+                _ => None,
+            };
+            if let Some((field, desc)) = target {
+                let mut m = DynamicMessage::new(desc);
+                let content_type = parts
+                    .headers
+                    .get(CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("application/octet-stream");
+                m.set_field_by_name(
+                    "content_type",
+                    prost_reflect::Value::String(content_type.into()),
+                );
+                m.set_field_by_name("data", prost_reflect::Value::Bytes(bytes.clone()));
+                raw = Some((field, m));
+            } else if !bytes.iter().all(u8::is_ascii_whitespace) {
                 let v = parse_body(&bytes, self.max_depth)?;
                 match &rule.body {
                     BodyRule::Whole => {
@@ -394,7 +421,15 @@ impl Grpc {
                 set(&mut root, &fields, typed(&fields, &v), repeated);
             }
         }
-        to_message(&rule.grpc.input(), root, &self.de)
+        match raw {
+            Some((None, whole)) => Ok(whole),
+            Some((Some(field), body)) => {
+                let mut m = to_message(&rule.grpc.input(), root, &self.de)?;
+                m.set_field(&field, prost_reflect::Value::Message(body));
+                Ok(m)
+            }
+            None => to_message(&rule.grpc.input(), root, &self.de),
+        }
     }
 
     /// The messages of a client-streaming call: an NDJSON body, one message per line
@@ -582,6 +617,26 @@ impl Grpc {
         }
         let message = DynamicMessage::decode(rule.grpc.output(), data.slice(..len))
             .map_err(|e| protocol(format!("the response does not decode: {e}")))?;
+        // A `google.api.HttpBody` answer (or `response_body` field) is sent as it is.
+        let http_body = match &rule.response_body {
+            None if is_http_body(&rule.grpc.output()) => Some(message.clone()),
+            Some(f) => match (f.kind(), message.get_field(f).as_message()) {
+                (Kind::Message(m), Some(v)) if is_http_body(&m) => Some(v.clone()),
+                _ => None,
+            },
+            None => None,
+        };
+        if let Some(b) = http_body {
+            let (content_type, bytes) = http_body_parts(&b);
+            let mut resp = http::Response::new(Body::full(bytes));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_str(&content_type)
+                    .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+            );
+            resp.headers_mut().extend(extra);
+            return Ok(resp);
+        }
         let mut out = Vec::with_capacity(len * 2 + 16);
         let mut ser = serde_json::Serializer::new(&mut out);
         let json = match &rule.response_body {
@@ -675,6 +730,25 @@ pub(crate) fn to_message(
             invalid(format!("invalid request: {at}: {e}"))
         }
     })
+}
+
+/// Whether a message type is `google.api.HttpBody` (a raw body and its content type).
+fn is_http_body(desc: &MessageDescriptor) -> bool {
+    desc.full_name() == "google.api.HttpBody"
+}
+
+/// The content type (default `application/octet-stream`) and bytes of an HttpBody.
+fn http_body_parts(m: &DynamicMessage) -> (String, Bytes) {
+    let content_type = m
+        .get_field_by_name("content_type")
+        .and_then(|v| v.as_str().map(str::to_string))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let data = m
+        .get_field_by_name("data")
+        .and_then(|v| v.as_bytes().cloned())
+        .unwrap_or_default();
+    (content_type, data)
 }
 
 /// The `grpc-status` of a head or trailers.
