@@ -56,6 +56,10 @@ pub struct RouteSpec {
     /// Allow WebSocket upgrades on this route.
     #[serde(default)]
     pub websocket: bool,
+    /// Translate browsers' gRPC-Web calls into native gRPC (the upstream must speak
+    /// HTTP/2: `protocol: h2c` or `h2`).
+    #[serde(default)]
+    pub grpc_web: bool,
     /// The largest request body this route accepts (default: the listener's
     /// `limits.max_body`).
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -540,6 +540,28 @@ fn check_route(
             "a route needs exactly one target: `upstream`, `split`, `respond`, `compose` or `grpc`",
         );
     }
+    if r.grpc_web {
+        let h2 = |name: &str| {
+            spec.upstreams.get(name).is_some_and(|u| {
+                matches!(
+                    u.protocol,
+                    crate::config::upstream::UpstreamProtocol::H2c
+                        | crate::config::upstream::UpstreamProtocol::H2
+                )
+            })
+        };
+        let ok = match (&r.upstream, &r.split) {
+            (Some(u), _) => h2(u),
+            (None, Some(s)) => s.to.iter().all(|t| h2(&t.upstream)),
+            _ => false,
+        };
+        if !ok {
+            p.push(
+                format!("{path}.grpc_web"),
+                "gRPC-Web is translated for a route that forwards to an `h2c` or `h2` upstream",
+            );
+        }
+    }
     if let Some(g) = &r.grpc {
         super::grpc::check(
             &format!("{path}.grpc"),

@@ -104,6 +104,8 @@ pub struct Forward {
     pub host_header: HostHeader,
     /// Whether WebSocket upgrades are allowed.
     pub websocket: bool,
+    /// Whether gRPC-Web requests are translated to native gRPC.
+    pub grpc_web: bool,
     /// Shared settings.
     pub settings: Arc<ProxySettings>,
     /// Copies of slow idempotent requests.
@@ -299,6 +301,25 @@ impl Forward {
     /// Forwards `req` to an endpoint of `to`, with the upstream's breaker, limits and
     /// retries and the route's hedging and fallback.
     pub async fn forward(
+        &self,
+        ctx: &mut RequestCtx,
+        req: Request,
+        to: &Binding,
+    ) -> Result<Response, GatewayError> {
+        if self.grpc_web {
+            if let Some(mode) = super::grpc::web::mode(req.headers()) {
+                let (mut parts, body) = req.into_parts();
+                let body = super::grpc::web::request(&mut parts, body, mode).await?;
+                let req = http::Request::from_parts(parts, body);
+                let resp = Box::pin(self.forward_native(ctx, req, to)).await?;
+                return Ok(super::grpc::web::response(resp, mode));
+            }
+        }
+        self.forward_native(ctx, req, to).await
+    }
+
+    /// [`Forward::forward`] without the gRPC-Web translation.
+    async fn forward_native(
         &self,
         ctx: &mut RequestCtx,
         req: Request,

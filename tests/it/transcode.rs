@@ -506,3 +506,136 @@ async fn http_body_is_sent_and_answered_raw() {
         receipt
     );
 }
+
+/// Splits a gRPC-Web body into its frames: (flag, payload).
+fn web_frames(mut b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while b.len() >= 5 {
+        let len = u32::from_be_bytes([b[1], b[2], b[3], b[4]]) as usize;
+        out.push((b[0], b[5..5 + len].to_vec()));
+        b = &b[5 + len..];
+    }
+    assert!(b.is_empty(), "trailing bytes");
+    out
+}
+
+#[tokio::test]
+async fn grpc_web_binary_and_text_reach_the_native_service() {
+    use base64::Engine;
+    use prost::Message;
+    let (addr, svc) = server().await;
+    let yaml = config(addr, "  - {name: web, match: {prefix: /api.OrderService}, upstream: orders-grpc, grpc_web: true}");
+    let gw = gateway(&yaml).await;
+    let base = url(&gw, "public");
+    let message = orders::GetOrderRequest { id: "fixed".into() }.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    // Binary, over HTTP/1.1 as a browser sends it.
+    let r = send(request_bytes(
+        &format!("{base}/api.OrderService/GetOrder"),
+        "application/grpc-web+proto",
+        frame.clone(),
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/grpc-web+proto"));
+    let frames = web_frames(&r.body);
+    assert_eq!(frames.len(), 2, "a message, then the trailers");
+    assert_eq!(frames[0].0, 0);
+    let order = orders::Order::decode(frames[0].1.as_slice()).unwrap();
+    assert_eq!(order.customer_id, "c-42");
+    assert_eq!(frames[1].0, 0x80);
+    let trailers = String::from_utf8(frames[1].1.clone()).unwrap();
+    assert!(trailers.contains("grpc-status:0\r\n"), "{trailers}");
+    // The service saw native gRPC.
+    let seen = svc.seen.lock().unwrap().last().unwrap().1.clone();
+    assert_eq!(seen["content-type"], "application/grpc+proto");
+    assert_eq!(seen["te"], "trailers");
+    // Text: base64 both ways (each chunk of the answer encoded on its own).
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let r = send(request_bytes(
+        &format!("{base}/api.OrderService/GetOrder"),
+        "application/grpc-web-text",
+        b64.encode(&frame).into_bytes(),
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/grpc-web-text+proto")
+    );
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    let mut raw = Vec::new();
+    let mut rest = text.as_str();
+    while !rest.is_empty() {
+        // Each padded chunk ends at its `=` run (or the end).
+        let end = rest.find('=').map_or(rest.len(), |i| {
+            i + rest[i..].chars().take_while(|c| *c == '=').count()
+        });
+        raw.extend(b64.decode(&rest[..end]).unwrap());
+        rest = &rest[end..];
+    }
+    let frames = web_frames(&raw);
+    assert_eq!(
+        orders::Order::decode(frames[0].1.as_slice()).unwrap().id,
+        "fixed"
+    );
+    assert_eq!(frames.last().unwrap().0, 0x80);
+    // A status without a message: trailers-only, in the head.
+    let mut missing = vec![0u8];
+    let m = orders::GetOrderRequest {
+        id: "missing".into(),
+    }
+    .encode_to_vec();
+    missing.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    missing.extend_from_slice(&m);
+    let r = send(request_bytes(
+        &format!("{base}/api.OrderService/GetOrder"),
+        "application/grpc-web+proto",
+        missing,
+    ))
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("grpc-status"), Some("5"));
+    // Without grpc_web on the route, a gRPC-Web request is not translated.
+    let yaml = config(
+        addr,
+        "  - {name: web, match: {prefix: /api.OrderService}, upstream: orders-grpc}",
+    );
+    let gw = gateway(&yaml).await;
+    let r = send(request_bytes(
+        &format!("{}/api.OrderService/GetOrder", url(&gw, "public")),
+        "application/grpc-web+proto",
+        frame,
+    ))
+    .await;
+    assert_ne!(r.header("content-type"), Some("application/grpc-web+proto"));
+}
+
+fn request_bytes(
+    url: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> http::Request<http_body_util::Full<bytes::Bytes>> {
+    http::Request::builder()
+        .method("POST")
+        .uri(url)
+        .header("content-type", content_type)
+        .header("x-grpc-web", "1")
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn grpc_web_needs_an_http2_upstream() {
+    let yaml = r#"
+listeners: [{name: public, address: "127.0.0.1:0"}]
+upstreams:
+  plain: {endpoints: ["127.0.0.1:9"]}
+routes:
+  - {name: web, match: {prefix: /}, upstream: plain, grpc_web: true}
+"#;
+    let e = config_error(yaml).expect("refused");
+    assert!(e.contains("routes[0].grpc_web") && e.contains("h2c"), "{e}");
+}

@@ -18,6 +18,7 @@
 
 pub mod path;
 pub(crate) mod protos;
+pub mod web;
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, TE};
