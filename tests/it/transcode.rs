@@ -639,3 +639,34 @@ routes:
     let e = config_error(yaml).expect("refused");
     assert!(e.contains("routes[0].grpc_web") && e.contains("h2c"), "{e}");
 }
+
+#[tokio::test]
+async fn a_stream_reset_without_grpc_status_is_a_502() {
+    // An h2 server that answers the head, one byte of a frame, then resets the stream.
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                    let resp = http::Response::builder()
+                        .status(200)
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .unwrap();
+                    if let Ok(mut send) = respond.send_response(resp, false) {
+                        let _ = send.send_data(bytes::Bytes::from_static(&[0, 0]), false);
+                        send.send_reset(h2::Reason::INTERNAL_ERROR);
+                    }
+                }
+            });
+        }
+    });
+    let gw = gateway(&config(addr, "")).await;
+    let r = get(&format!("{}/v1/orders/o-1", url(&gw, "public")), &[]).await;
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(r.error_code(), "upstream_reset");
+}
