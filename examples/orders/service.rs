@@ -492,6 +492,18 @@ impl OrderService {
                     }
                 }
             }),
+            "CheckOrder" => unary!(req, GetOrderRequest, (), move |r: Request<
+                GetOrderRequest,
+            >| {
+                let orders = orders.clone();
+                async move {
+                    let id = r.into_inner().id;
+                    match orders.lock().unwrap().contains_key(&id) {
+                        true => Ok(Response::new(())),
+                        false => Err(Status::not_found(format!("no order {id}"))),
+                    }
+                }
+            }),
             "GetInvoice" => unary!(req, GetOrderRequest, HttpBody, move |r: Request<
                 GetOrderRequest,
             >| async move {

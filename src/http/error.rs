@@ -450,6 +450,37 @@ mod tests {
     }
 
     #[test]
+    fn grpc_statuses_map_by_the_standard_table() {
+        for (code, status, name) in [
+            (1, 499, "grpc_cancelled"),
+            (2, 500, "grpc_unknown"),
+            (3, 400, "grpc_invalid_argument"),
+            (4, 504, "grpc_deadline_exceeded"),
+            (5, 404, "grpc_not_found"),
+            (6, 409, "grpc_already_exists"),
+            (7, 403, "grpc_permission_denied"),
+            (8, 429, "grpc_resource_exhausted"),
+            (9, 400, "grpc_failed_precondition"),
+            (10, 409, "grpc_aborted"),
+            (11, 400, "grpc_out_of_range"),
+            (12, 501, "grpc_unimplemented"),
+            (13, 500, "grpc_internal"),
+            (14, 503, "grpc_unavailable"),
+            (15, 500, "grpc_data_loss"),
+            (16, 401, "grpc_unauthenticated"),
+            (42, 500, "grpc_unknown"),
+        ] {
+            let e = GatewayError::Grpc {
+                code,
+                message: String::new(),
+                details: None,
+                headers: Box::default(),
+            };
+            assert_eq!((e.status().as_u16(), e.code()), (status, name), "{code}");
+        }
+    }
+
+    #[test]
     fn timeouts_are_504_and_not_retryable() {
         let err = GatewayError::UpstreamTimeout {
             upstream: "users".into(),

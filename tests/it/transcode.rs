@@ -159,7 +159,13 @@ async fn every_binding_form_and_the_well_known_types() {
     ))
     .await;
     assert_eq!(r.status, 405);
-    assert_eq!(r.header("allow"), Some("DELETE, GET, PUT"));
+    assert_eq!(r.header("allow"), Some("DELETE, GET, HEAD, PUT"));
+    // A custom pattern (HEAD).
+    let r = send(request("HEAD", &format!("{base}/v1/orders/o-1"), &[], "")).await;
+    assert_eq!(r.status, 200);
+    assert!(r.body.is_empty());
+    let r = send(request("HEAD", &format!("{base}/v1/orders/o-2"), &[], "")).await;
+    assert_eq!(r.status, 404, "deleted above");
 }
 
 #[tokio::test]

@@ -169,7 +169,15 @@ impl Grpc {
                     }
                     annotated += 1;
                     let made = annotation(&r).and_then(|b| {
-                        make_rule(&method, &b).map_err(|e| format!("{}: {e}", method.full_name()))
+                        let (b, custom) = b;
+                        let mut rule = make_rule(&method, &b)
+                            .map_err(|e| format!("{}: {e}", method.full_name()))?;
+                        if let Some(kind) = custom {
+                            // Checked to be a method token when the annotation was read.
+                            rule.method =
+                                Method::from_bytes(kind.as_bytes()).unwrap_or(Method::GET);
+                        }
+                        Ok(rule)
                     });
                     add(at.clone(), made, p);
                 }
@@ -1047,13 +1055,13 @@ fn set(root: &mut Value, fields: &[FieldDescriptor], value: Value, append: bool)
 }
 
 /// The binding a `google.api.http` rule describes.
-fn annotation(rule: &DynamicMessage) -> Result<BindingSpec, String> {
+fn annotation(rule: &DynamicMessage) -> Result<(BindingSpec, Option<String>), String> {
     let text = |name: &str| {
         rule.get_field_by_name(name)
             .and_then(|v| v.as_str().map(str::to_string))
             .filter(|s| !s.is_empty())
     };
-    let b = BindingSpec {
+    let mut b = BindingSpec {
         get: text("get"),
         post: text("post"),
         put: text("put"),
@@ -1063,17 +1071,32 @@ fn annotation(rule: &DynamicMessage) -> Result<BindingSpec, String> {
         body: text("body"),
         response_body: text("response_body"),
     };
-    if b.pattern().is_empty()
-        && rule
+    // `custom: {kind: "HEAD", path: ...}`: any method token.
+    let mut custom = None;
+    if b.pattern().is_empty() {
+        if let Some(c) = rule
             .get_field_by_name("custom")
-            .is_some_and(|v| v.as_message().is_some())
-    {
-        return Err("a `custom` binding (HEAD, OPTIONS, ...) is not supported".into());
+            .and_then(|v| v.as_message().cloned())
+        {
+            let field = |name: &str| {
+                c.get_field_by_name(name)
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .filter(|s| !s.is_empty())
+            };
+            let (Some(kind), Some(path)) = (field("kind"), field("path")) else {
+                return Err("a `custom` pattern needs a `kind` and a `path`".into());
+            };
+            if Method::from_bytes(kind.as_bytes()).is_err() {
+                return Err(format!("`custom` kind `{kind}` is not a method"));
+            }
+            b.get = Some(path);
+            custom = Some(kind);
+        }
     }
     if b.pattern().len() != 1 {
         return Err("the google.api.http annotation names no pattern".into());
     }
-    Ok(b)
+    Ok((b, custom))
 }
 
 /// A rule for `method` bound as `b` says.
