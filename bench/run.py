@@ -547,6 +547,7 @@ def start_envoy_w6(proxies):
     proto = proto.replace("  rpc GetOrder(GetOrderRequest) returns (Order);",
                           '  rpc GetOrder(GetOrderRequest) returns (Order) {\n    option (google.api.http) = {get: "/v1/orders/{id}"};\n  }')
     proto = re.sub(r"  rpc GetOrderItems\(GetOrderRequest\) returns \(Order\) \{.*?\n  \}\n", "", proto, flags=re.S)
+    proto = re.sub(r"  rpc ExportOrders\(WatchOrdersRequest\) returns \(stream google.api.HttpBody\) \{.*?\n  \}\n", "", proto, flags=re.S)
     proto = re.sub(r"  rpc CheckOrder\(GetOrderRequest\) returns \(google.protobuf.Empty\) \{.*?\n  \}\n", "", proto, flags=re.S)
     (proxies.tmp / "orders-envoy.proto").write_text(proto)
     pb = proxies.tmp / "orders.pb"

@@ -560,6 +560,26 @@ impl OrderService {
                 });
                 grpc.server_streaming(svc, req).await
             }
+            "ExportOrders" => {
+                type Chunks =
+                    Pin<Box<dyn futures_util::Stream<Item = Result<HttpBody, Status>> + Send>>;
+                let mut grpc =
+                    tonic::server::Grpc::new(ProstCodec::<HttpBody, WatchOrdersRequest>::default());
+                let svc = tower::service_fn(|r: Request<WatchOrdersRequest>| async move {
+                    let m = r.into_inner();
+                    let chunks: Vec<Result<HttpBody, Status>> = (0..m.count)
+                        .map(|i| {
+                            Ok(HttpBody {
+                                content_type: "text/csv".into(),
+                                data: format!("{},{i}\n", m.customer_id).into_bytes(),
+                            })
+                        })
+                        .collect();
+                    let stream: Chunks = Box::pin(futures_util::stream::iter(chunks));
+                    Ok::<_, Status>(Response::new(stream))
+                });
+                grpc.server_streaming(svc, req).await
+            }
             "ImportOrders" => {
                 let mut grpc = tonic::server::Grpc::new(ProstCodec::<
                     ImportSummary,

@@ -676,3 +676,17 @@ async fn a_stream_reset_without_grpc_status_is_a_502() {
     assert_eq!(r.status, 502, "{:?}", r.body);
     assert_eq!(r.error_code(), "upstream_reset");
 }
+
+#[tokio::test]
+async fn a_stream_of_http_bodies_is_their_bytes() {
+    let (addr, _svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let r = get(
+        &format!("{}/v1/orders/c7/export?count=3", url(&gw, "public")),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/csv"));
+    assert_eq!(&r.body[..], b"c7,0\nc7,1\nc7,2\n");
+}

@@ -514,15 +514,24 @@ impl Grpc {
             request_id: request_id.to_string(),
             upstream,
             pool: self.pool.clone(),
+            raw: is_http_body(&rule.grpc.output()),
+            content_type: None,
         };
         let mut state = state;
         // The head waits for the first message, so that a status before any message
         // is an ordinary error answer with its HTTP status.
         let first = match state.pull().await {
             Some(Err(e)) => return Err(e),
-            Some(Ok(json)) => Some(state.wrap(&json, false)),
+            Some(Ok(json)) => Some(state.chunk(json)),
             None => None,
         };
+        // A stream of HttpBody messages is their bytes, with the first one's type.
+        let raw_type = state.raw.then(|| {
+            state
+                .content_type
+                .clone()
+                .unwrap_or_else(|| "application/octet-stream".into())
+        });
         let head_chunk =
             futures_util::stream::iter(first.map(|b| -> Chunk { Ok(http_body::Frame::data(b)) }));
         let stream = futures_util::StreamExt::chain(
@@ -534,14 +543,13 @@ impl Grpc {
         ));
         let mut resp = http::Response::new(body);
         let h = resp.headers_mut();
-        h.insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static(if sse {
-                "text/event-stream"
-            } else {
-                "application/x-ndjson"
-            }),
-        );
+        let content_type = match (&raw_type, sse) {
+            (Some(t), _) => HeaderValue::from_str(t)
+                .unwrap_or(HeaderValue::from_static("application/octet-stream")),
+            (None, true) => HeaderValue::from_static("text/event-stream"),
+            (None, false) => HeaderValue::from_static("application/x-ndjson"),
+        };
+        h.insert(CONTENT_TYPE, content_type);
         h.insert(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache"),
@@ -810,6 +818,10 @@ struct Streaming {
     request_id: String,
     upstream: String,
     pool: DescriptorPool,
+    /// The messages are `google.api.HttpBody`: their bytes are the answer.
+    raw: bool,
+    /// The first HttpBody message's content type.
+    content_type: Option<String>,
 }
 
 type Chunk = Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>;
@@ -818,7 +830,13 @@ impl Streaming {
     /// The next chunk for the client: a message, a final error, or the end.
     async fn next(mut self) -> Option<(Chunk, Self)> {
         let chunk = match self.pull().await? {
-            Ok(json) => self.wrap(&json, false),
+            Ok(json) => self.chunk(json),
+            Err(e) if self.raw => {
+                // Raw bytes cannot carry an error line: the body breaks off instead.
+                self.done = true;
+                let err: Box<dyn std::error::Error + Send + Sync> = Box::new(e);
+                return Some((Err(err), self));
+            }
             Err(e) => {
                 self.done = true;
                 self.error_chunk(e)
@@ -847,6 +865,11 @@ impl Streaming {
                     let Ok(m) = DynamicMessage::decode(self.desc.clone(), frame.slice(5..)) else {
                         return Some(Err(self.fail("a message that does not decode")));
                     };
+                    if self.raw {
+                        let (content_type, data) = http_body_parts(&m);
+                        self.content_type.get_or_insert(content_type);
+                        return Some(Ok(data.to_vec()));
+                    }
                     let mut out = Vec::new();
                     let mut s = serde_json::Serializer::new(&mut out);
                     if m.serialize_with_options(&mut s, &self.ser).is_err() {
@@ -890,6 +913,15 @@ impl Streaming {
                     }
                 },
             }
+        }
+    }
+
+    /// A message as the client receives it: raw bytes, an NDJSON line or an event.
+    fn chunk(&self, json: Vec<u8>) -> Bytes {
+        if self.raw {
+            Bytes::from(json)
+        } else {
+            self.wrap(&json, false)
         }
     }
 
