@@ -690,3 +690,25 @@ async fn a_stream_of_http_bodies_is_their_bytes() {
     assert_eq!(r.header("content-type"), Some("text/csv"));
     assert_eq!(&r.body[..], b"c7,0\nc7,1\nc7,2\n");
 }
+
+#[tokio::test]
+async fn well_known_types_in_the_query() {
+    let (addr, svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    let r = get(
+        &format!("{base}/v1/orders?filter.since=2026-01-01T10:00:00.250Z&pageSize=2"),
+        &[],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let r = get(&format!("{base}/v1/orders?filter.since=yesterday"), &[]).await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("filter.since"), "{msg}");
+    assert_eq!(
+        calls(&svc, "ListOrders"),
+        1,
+        "the bad timestamp was never sent"
+    );
+}
