@@ -484,15 +484,7 @@ fn build_target(
         })
     };
     if let Some(g) = &route.grpc {
-        let calls = Forward {
-            rewrite: Rewrite::None,
-            host_header: HostHeader::Upstream,
-            websocket: false,
-            grpc_web: false,
-            settings: settings.clone(),
-            hedge: None,
-            fallback: None,
-        };
+        let calls = Forward::for_calls(settings.clone());
         return crate::targets::grpc::Grpc::build(
             &format!("{path}.grpc"),
             g,
@@ -504,15 +496,7 @@ fn build_target(
         .map(Target::Grpc);
     }
     if let Some(c) = &route.compose {
-        let calls = Forward {
-            rewrite: Rewrite::None,
-            host_header: HostHeader::Upstream,
-            websocket: false,
-            grpc_web: false,
-            settings: settings.clone(),
-            hedge: None,
-            fallback: None,
-        };
+        let calls = Forward::for_calls(settings.clone());
         return crate::targets::compose::Compose::build(
             &format!("{path}.compose"),
             &route.name,

@@ -114,6 +114,22 @@ pub struct Forward {
     pub fallback: Option<Fallback>,
 }
 
+impl Forward {
+    /// How a target that makes its own calls (`compose`, `grpc`) forwards them: the path
+    /// as the target built it, the endpoint's `Host`, no upgrades, hedging or fallback.
+    pub fn for_calls(settings: Arc<ProxySettings>) -> Self {
+        Self {
+            rewrite: Rewrite::None,
+            host_header: HostHeader::Upstream,
+            websocket: false,
+            grpc_web: false,
+            settings,
+            hedge: None,
+            fallback: None,
+        }
+    }
+}
+
 /// The header telling an upstream which try a request is (2 for the first retry or
 /// hedge; absent on the first try).
 pub const ATTEMPT: HeaderName = HeaderName::from_static("x-turnpike-attempt");

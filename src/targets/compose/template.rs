@@ -269,7 +269,7 @@ fn query_value<'q>(query: Option<&'q str>, name: &str) -> Option<std::borrow::Co
     None
 }
 
-fn decode_form(v: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn decode_form(v: &str) -> std::borrow::Cow<'_, str> {
     if v.contains('+') {
         let spaced = v.replace('+', " ");
         std::borrow::Cow::Owned(decode(&spaced).into_owned())

@@ -416,7 +416,10 @@ impl Grpc {
         if let Some(query) = parts.uri.query() {
             for pair in query.split('&').filter(|p| !p.is_empty()) {
                 let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-                let (k, v) = (form_decode(k), form_decode(v));
+                let (k, v) = (
+                    crate::targets::compose::template::decode_form(k),
+                    crate::targets::compose::template::decode_form(v),
+                );
                 let Some(fields) = field_path(&rule.grpc.input(), &k) else {
                     if self.reject_unknown {
                         return Err(invalid(format!("unknown query parameter `{k}`")));
@@ -997,13 +1000,6 @@ async fn read_all(mut body: Body, cap: u64) -> Result<Bytes, GatewayError> {
         }
     }
     Ok(buf.freeze())
-}
-
-fn form_decode(v: &str) -> String {
-    let spaced = v.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
-        .decode_utf8_lossy()
-        .into_owned()
 }
 
 fn same(a: &[FieldDescriptor], b: &[FieldDescriptor]) -> bool {
