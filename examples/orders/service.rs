@@ -51,6 +51,8 @@ pub struct Order {
     pub attributes: Option<prost_types::Struct>,
     #[prost(bytes = "vec", tag = "10")]
     pub signature: Vec<u8>,
+    #[prost(message, optional, tag = "11")]
+    pub extension: Option<prost_types::Any>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -65,6 +67,8 @@ pub struct CreateOrderRequest {
     pub attributes: Option<prost_types::Struct>,
     #[prost(message, optional, tag = "5")]
     pub delivery_window: Option<prost_types::Duration>,
+    #[prost(message, optional, tag = "6")]
+    pub extension: Option<prost_types::Any>,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -321,6 +325,7 @@ impl OrderService {
                         delivery_window: m.delivery_window,
                         attributes: m.attributes,
                         signature: vec![0xde, 0xad, 0xbe, 0xef],
+                        extension: m.extension,
                     };
                     map.insert(order.id.clone(), order.clone());
                     let mut resp = Response::new(order);
@@ -613,6 +618,42 @@ impl OrderService {
                         }
                     });
                 grpc.client_streaming(svc, req).await
+            }
+            "SyncOrders" => {
+                type Orders =
+                    Pin<Box<dyn futures_util::Stream<Item = Result<Order, Status>> + Send>>;
+                let mut grpc =
+                    tonic::server::Grpc::new(ProstCodec::<Order, CreateOrderRequest>::default());
+                let svc =
+                    tower::service_fn(move |r: Request<tonic::Streaming<CreateOrderRequest>>| {
+                        let orders = orders.clone();
+                        async move {
+                            let answers =
+                                futures_util::stream::unfold(r.into_inner(), move |mut stream| {
+                                    let orders = orders.clone();
+                                    async move {
+                                        let m = match stream.message().await {
+                                            Ok(Some(m)) => m,
+                                            Ok(None) => return None,
+                                            Err(e) => return Some((Err(e), stream)),
+                                        };
+                                        let mut map = orders.lock().unwrap();
+                                        let order = Order {
+                                            id: format!("o-{}", map.len() + 1),
+                                            customer_id: m.customer_id,
+                                            items: m.items,
+                                            status: 1,
+                                            ..Default::default()
+                                        };
+                                        map.insert(order.id.clone(), order.clone());
+                                        Some((Ok(order), stream))
+                                    }
+                                });
+                            let stream: Orders = Box::pin(answers);
+                            Ok::<_, Status>(Response::new(stream))
+                        }
+                    });
+                grpc.streaming(svc, req).await
             }
             _ => {
                 let mut resp = http::Response::new(tonic::body::Body::empty());

@@ -482,6 +482,60 @@ async fn client_streaming_reads_an_ndjson_body() {
 }
 
 #[tokio::test]
+async fn bidirectional_streaming_sends_the_ndjson_body_and_streams_the_answers() {
+    let (addr, svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    let r = send(request(
+        "POST",
+        &format!("{base}/v1/orders/sync"),
+        &[("content-type", "application/x-ndjson")],
+        "{\"customerId\": \"a\"}\n{\"customerId\": \"b\"}\n{\"customerId\": \"c\"}\n",
+    ))
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.header("content-type"), Some("application/x-ndjson"));
+    let lines: Vec<serde_json::Value> = std::str::from_utf8(&r.body)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ids: Vec<_> = lines.iter().map(|l| l["id"].clone()).collect();
+    let customers: Vec<_> = lines.iter().map(|l| l["customerId"].clone()).collect();
+    assert_eq!(ids, ["o-1", "o-2", "o-3"], "one answer per line, in order");
+    assert_eq!(customers, ["a", "b", "c"]);
+    assert_eq!(calls(&svc, "SyncOrders"), 1);
+}
+
+#[tokio::test]
+async fn any_in_a_request_is_resolved_by_the_descriptors_at_hand() {
+    let (addr, svc) = server().await;
+    let gw = gateway(&config(addr, "")).await;
+    let base = url(&gw, "public");
+    // A message of the contract, and a well-known type with its special JSON form.
+    for ext in [
+        serde_json::json!({"@type": "type.googleapis.com/api.Item", "sku": "gift-wrap", "quantity": 1, "priceCents": "300"}),
+        serde_json::json!({"@type": "type.googleapis.com/google.protobuf.Duration", "value": "90s"}),
+    ] {
+        let body = serde_json::json!({"customerId": "c1", "extension": ext}).to_string();
+        let r = send(post(&format!("{base}/v1/orders"), &body)).await;
+        assert_eq!(r.status, 200, "{:?}", r.body);
+        assert_eq!(r.json()["extension"], ext, "packed, sent and rendered back");
+    }
+    // A type the descriptors do not know is refused before any call.
+    let r = send(post(
+        &format!("{base}/v1/orders"),
+        r#"{"customerId": "c1", "extension": {"@type": "type.googleapis.com/api.Nope", "x": 1}}"#,
+    ))
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert_eq!(r.error_code(), "invalid_request");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(msg.contains("extension"), "{msg}");
+    assert_eq!(calls(&svc, "CreateOrder"), 2);
+}
+
+#[tokio::test]
 async fn http_body_is_sent_and_answered_raw() {
     let (addr, _svc) = server().await;
     let gw = gateway(&config(addr, "")).await;
