@@ -201,7 +201,9 @@ fn describe_upstreams(out: &mut String, target: &Target) {
     let names: Vec<&str> = match target {
         Target::Upstream { binding, .. } => vec![&binding.cluster.name],
         Target::Split { .. } => Vec::new(),
-        Target::Respond(_) | Target::Compose(_) | Target::Grpc(_) => Vec::new(),
+        Target::Respond(_) | Target::Compose(_) | Target::Grpc(_) | Target::Publish(_) => {
+            Vec::new()
+        }
     };
     for name in names {
         let _ = writeln!(out, "upstream: {name}");

@@ -183,9 +183,11 @@ impl Gateway {
         let _ = self.shutdown.send(true);
         self.connections.raise_all(GRACEFUL);
         self.tracker.close();
-        let drained = tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_ok();
+        let snapshot = self.runtime.snapshot();
+        let subscriptions = crate::runtime::messaging::stop_subscriptions(&snapshot, grace);
+        let connections = tokio::time::timeout(grace, self.tracker.wait());
+        let (drained, ()) = tokio::join!(connections, subscriptions);
+        let drained = drained.is_ok();
         if !drained {
             tracing::warn!(
                 grace_ms = grace.as_millis() as u64,

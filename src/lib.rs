@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod brokers;
 pub mod config;
 pub mod explain;
 pub mod gateway;

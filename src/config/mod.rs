@@ -3,6 +3,7 @@
 //! field path and line. Nothing here opens a socket or builds a live object: `runtime`
 //! turns a spec into a running snapshot.
 
+pub mod brokers;
 pub mod compose;
 pub mod consumers;
 pub mod error;

@@ -1,6 +1,6 @@
 //! Routes: what a request must look like (`match`), how its path is rewritten, and what
-//! answers it: an upstream, a weighted split between upstreams, a static response, or a
-//! composition of several calls.
+//! answers it: an upstream, a weighted split between upstreams, a static response, a
+//! composition of several calls, a gRPC transcoding, or a message published to a broker.
 
 use std::collections::BTreeMap;
 
@@ -44,6 +44,9 @@ pub struct RouteSpec {
     /// Target: REST/JSON transcoded to gRPC calls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<super::grpc::GrpcSpec>,
+    /// Target: the request published as a message to a broker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<super::brokers::PublishSpec>,
     /// Timeouts for this route's upstream calls (override the upstream's).
     #[serde(default)]
     pub timeouts: TimeoutsSpec,

@@ -47,6 +47,12 @@ pub struct GatewaySpec {
     /// The routes, in any order: priority comes from specificity, not position.
     #[serde(default)]
     pub routes: Vec<RouteSpec>,
+    /// Message brokers, by name: the `publish` target and `subscriptions` use them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub brokers: BTreeMap<String, super::brokers::BrokerSpec>,
+    /// Queues whose messages are delivered to HTTP services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<super::brokers::SubscriptionSpec>,
 }
 
 /// Process-wide settings.

@@ -112,6 +112,14 @@ pub fn validate(spec: &GatewaySpec) -> Result<(), Problems> {
         r.check("redis", &mut p);
     }
     check_plans(spec, &mut p);
+    super::brokers::check_brokers(&spec.brokers, &mut p);
+    super::brokers::check_subscriptions(
+        &spec.subscriptions,
+        &spec.brokers,
+        &|u| spec.upstreams.contains_key(u),
+        &mut p,
+    );
+    check_outboxes(spec, &mut p);
     check_policies("defaults.policies", &spec.defaults.policies, &mut p);
     for (i, h) in spec.hosts.iter().enumerate() {
         check_policies(&format!("hosts[{i}].policies"), &h.policies, &mut p);
@@ -138,6 +146,26 @@ pub fn validate(spec: &GatewaySpec) -> Result<(), Problems> {
 }
 
 /// Every plan's limits parse; a consumer's plan is one of them (when plans are given).
+/// One outbox folder serves one broker: its records are relayed there.
+fn check_outboxes(spec: &GatewaySpec, p: &mut Problems) {
+    let mut seen: std::collections::HashMap<&str, &str> = Default::default();
+    for (i, r) in spec.routes.iter().enumerate() {
+        let Some(pb) = &r.publish else { continue };
+        let Some(o) = &pb.outbox else { continue };
+        match seen.get(o.path.as_str()) {
+            Some(b) if *b != pb.broker => p.push(
+                format!("routes[{i}].publish.outbox.path"),
+                format!(
+                    "this outbox already holds messages for broker `{b}`; one folder per broker"
+                ),
+            ),
+            _ => {
+                seen.insert(&o.path, &pb.broker);
+            }
+        }
+    }
+}
+
 fn check_plans(spec: &GatewaySpec, p: &mut Problems) {
     for (name, plan) in &spec.plans {
         for (i, text) in plan.limits.iter().enumerate() {
@@ -533,12 +561,28 @@ fn check_route(
         r.respond.is_some(),
         r.compose.is_some(),
         r.grpc.is_some(),
+        r.publish.is_some(),
     ];
     if targets.iter().filter(|t| **t).count() != 1 {
         p.push(
             path.to_string(),
-            "a route needs exactly one target: `upstream`, `split`, `respond`, `compose` or `grpc`",
+            "a route needs exactly one target: `upstream`, `split`, `respond`, `compose`, `grpc` or `publish`",
         );
+    }
+    if let Some(pb) = &r.publish {
+        super::brokers::check_publish(&format!("{path}.publish"), pb, &spec.brokers, p);
+        for (set, field) in [
+            (r.websocket, "websocket"),
+            (r.rewrite.is_some(), "rewrite"),
+            (r.grpc_web, "grpc_web"),
+        ] {
+            if set {
+                p.push(
+                    format!("{path}.{field}"),
+                    "not available on a `publish` route: it forwards nothing",
+                );
+            }
+        }
     }
     if r.grpc_web {
         let h2 = |name: &str| {

@@ -105,6 +105,15 @@ pub enum GatewayError {
         details: Option<serde_json::Value>,
         headers: Box<http::HeaderMap>,
     },
+    /// A message a `publish` route could not hand over (broker down, no confirm in
+    /// time, blocked, refused, unroutable, outbox full): 503 with `Retry-After`, or 502
+    /// for an unroutable message. The codes are the `broker_*` and `outbox_*` ones.
+    Publish {
+        code: &'static str,
+        status: StatusCode,
+        retry_after: u64,
+        cause: String,
+    },
     /// A fault inside the gateway.
     Internal(String),
 }
@@ -144,6 +153,7 @@ impl GatewayError {
                 StatusCode::from_u16(GRPC_STATUSES[(*code as usize).min(17)].1)
                     .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
+            Self::Publish { status, .. } => *status,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -184,6 +194,7 @@ impl GatewayError {
             Self::ComposeCall { .. } => "compose_call_failed",
             Self::InvalidRequest(_) => "invalid_request",
             Self::Grpc { code, .. } => GRPC_STATUSES[(*code as usize).min(17)].0,
+            Self::Publish { code, .. } => code,
             Self::Internal(_) => "internal_error",
         }
     }
@@ -218,6 +229,7 @@ impl GatewayError {
             | Self::UpstreamProtocol { .. }
             | Self::ComposeCall { .. }
             | Self::Grpc { .. }
+            | Self::Publish { .. }
             | Self::AuthUnavailable
             | Self::RateLimitStoreUnavailable => ErrorSide::Upstream,
             Self::Internal(_) | Self::ConcurrencyLimited => ErrorSide::Gateway,
@@ -267,6 +279,13 @@ impl GatewayError {
             Self::ComposeCall { .. } => "a required call failed",
             Self::InvalidRequest(_) => "invalid request",
             Self::Grpc { .. } => "the service refused the call",
+            Self::Publish { status, .. } if *status == StatusCode::BAD_GATEWAY => {
+                "the broker has no queue for this message"
+            }
+            Self::Publish { code, .. } if code.starts_with("outbox") => {
+                "the message cannot be kept now, retry later"
+            }
+            Self::Publish { .. } => "the message broker cannot take messages now, retry later",
             Self::Internal(_) => "internal gateway error",
         }
     }
@@ -277,6 +296,7 @@ impl GatewayError {
             Self::UpstreamConnect { cause, .. }
             | Self::UpstreamReset { cause, .. }
             | Self::UpstreamProtocol { cause, .. }
+            | Self::Publish { cause, .. }
             | Self::Internal(cause) => Some(cause),
             _ => None,
         }
@@ -347,6 +367,9 @@ impl GatewayError {
             }
             Self::RateLimitStoreUnavailable | Self::UpstreamOverloaded { .. } => {
                 headers.insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Self::Publish { retry_after, .. } if retry_after > 0 => {
+                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             Self::CircuitOpen { retry_after, .. } => {
                 headers.insert(

@@ -123,26 +123,27 @@ impl RequestCtx {
     }
 }
 
-#[cfg(test)]
 impl RequestCtx {
-    /// A context for unit tests: `GET http://api.test/users/7` from 10.0.0.1.
-    pub fn for_test() -> Self {
+    /// The context of a call the gateway makes on its own (a subscription's delivery):
+    /// from the loopback address, on no listener, under `request_id`.
+    pub fn internal(request_id: HeaderValue, route: Arc<str>, method: Method, uri: Uri) -> Self {
+        let local: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
         Self {
-            request_id: HeaderValue::from_static("test-id"),
+            request_id,
             started: Instant::now(),
-            peer: "10.0.0.1:40000".parse().expect("literal address"),
-            peer_text: HeaderValue::from_static("10.0.0.1"),
-            client_ip: "10.0.0.1".parse().expect("literal address"),
-            peer_trusted: false,
+            peer: local,
+            peer_text: HeaderValue::from_static("127.0.0.1"),
+            client_ip: local.ip(),
+            peer_trusted: true,
             scheme: "http",
-            listener: Arc::from("public"),
-            method: Method::GET,
-            uri: Uri::from_static("/users/7"),
-            host: HeaderValue::from_static("api.test"),
+            listener: Arc::from(""),
+            method,
+            uri,
+            host: HeaderValue::from_static("localhost"),
             version: Version::HTTP_11,
             websocket: false,
             tls: None,
-            route: Some(Arc::from("users")),
+            route: Some(route),
             params: Params::default(),
             upstream: None,
             endpoint: None,
@@ -153,5 +154,25 @@ impl RequestCtx {
             extensions: http::Extensions::new(),
             rate_limits: [None, None],
         }
+    }
+}
+
+#[cfg(test)]
+impl RequestCtx {
+    /// A context for unit tests: `GET http://api.test/users/7` from 10.0.0.1.
+    pub fn for_test() -> Self {
+        let mut ctx = Self::internal(
+            HeaderValue::from_static("test-id"),
+            Arc::from("users"),
+            Method::GET,
+            Uri::from_static("/users/7"),
+        );
+        ctx.peer = "10.0.0.1:40000".parse().expect("literal address");
+        ctx.peer_text = HeaderValue::from_static("10.0.0.1");
+        ctx.client_ip = "10.0.0.1".parse().expect("literal address");
+        ctx.peer_trusted = false;
+        ctx.listener = Arc::from("public");
+        ctx.host = HeaderValue::from_static("api.test");
+        ctx
     }
 }

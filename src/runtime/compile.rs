@@ -67,6 +67,7 @@ pub fn compile(
         })
     });
     let settings = Arc::new(proxy_settings(spec));
+    let messaging = super::messaging::Messaging::new(spec, env);
     let mut builders: Vec<RouterBuilder<RouteBinding>> = spec
         .listeners
         .iter()
@@ -86,6 +87,7 @@ pub fn compile(
             base,
             &key_files,
             &settings,
+            &messaging,
             env,
             &mut builders,
             &mut p,
@@ -113,10 +115,15 @@ pub fn compile(
             settings: Arc::new(listener_settings(l, tls)),
         });
     }
+    let subscriptions = messaging.subscriptions(spec, &clusters, &settings, env, &mut p);
     if !p.is_empty() {
         return Err(p.into_errors(&config.locations));
     }
+    let (brokers, outboxes) = messaging.into_parts();
     Ok(Snapshot {
+        brokers,
+        outboxes,
+        subscriptions,
         generation,
         listeners,
         routes,
@@ -282,6 +289,7 @@ fn compile_route(
     base: Option<&std::path::Path>,
     key_files: &std::cell::RefCell<Vec<std::path::PathBuf>>,
     settings: &Arc<ProxySettings>,
+    messaging: &super::messaging::Messaging,
     env: &CompileEnv<'_>,
     builders: &mut [RouterBuilder<RouteBinding>],
     p: &mut Problems,
@@ -299,7 +307,7 @@ fn compile_route(
     let params = pattern.param_names();
     let conditions = Arc::new(Conditions::compile(&format!("{path}.match"), m, p));
     let target = Arc::new(build_target(
-        path, route, spec, clusters, settings, &params, env, base, p,
+        path, route, spec, clusters, settings, &params, messaging, env, base, p,
     )?);
     let stats = env.metrics.route(&route.name, "");
     let entry_params: Arc<[String]> = params.clone().into();
@@ -433,12 +441,16 @@ fn build_target(
     clusters: &HashMap<String, Arc<Cluster>>,
     settings: &Arc<ProxySettings>,
     params: &[String],
+    messaging: &super::messaging::Messaging,
     env: &CompileEnv<'_>,
     base: Option<&std::path::Path>,
     p: &mut Problems,
 ) -> Option<Target> {
     if let Some(r) = &route.respond {
         return Respond::build(&format!("{path}.respond"), r, params, p).map(Target::Respond);
+    }
+    if let Some(pb) = &route.publish {
+        return messaging.publish(&format!("{path}.publish"), pb, params, base, p);
     }
     let forward = Forward {
         rewrite: Rewrite::compile(
@@ -460,28 +472,13 @@ fn build_target(
     };
     let bind = |name: &str| -> Option<Binding> {
         let cluster = clusters.get(name)?.clone();
-        let t = route
-            .timeouts
-            .or(cluster.spec().timeouts)
-            .or(spec.defaults.timeouts)
-            .or(TimeoutsSpec::default());
-        let d = Timeouts::DEFAULT;
-        let timeouts = Timeouts {
-            connect: t.connect.map_or(d.connect, |x| x.0),
-            request: t.request.map_or(d.request, |x| x.0),
-            idle: t.idle.map_or(d.idle, |x| x.0),
-            request_idle: t.idle.map(|x| x.0),
-        };
-        let ms = timeouts.request.as_millis() as u64;
-        Some(Binding {
+        Some(make_binding(
+            &route.name,
+            route.timeouts,
             cluster,
-            timeouts,
-            deadline_values: [
-                HeaderValue::from(ms),
-                HeaderValue::from(ms.saturating_sub(1)),
-            ],
-            stats: env.metrics.route(&route.name, name),
-        })
+            spec,
+            env,
+        ))
     };
     if let Some(g) = &route.grpc {
         let calls = Forward::for_calls(settings.clone());
@@ -546,6 +543,39 @@ fn build_target(
         forward,
         split: Split::new(sides, sticky),
     })
+}
+
+/// How route (or subscription) `owner` calls `cluster`: its timeouts, first from
+/// `timeouts`, then the upstream's, then the defaults'.
+pub(super) fn make_binding(
+    owner: &str,
+    timeouts: TimeoutsSpec,
+    cluster: Arc<Cluster>,
+    spec: &GatewaySpec,
+    env: &CompileEnv<'_>,
+) -> Binding {
+    let t = timeouts
+        .or(cluster.spec().timeouts)
+        .or(spec.defaults.timeouts)
+        .or(TimeoutsSpec::default());
+    let d = Timeouts::DEFAULT;
+    let timeouts = Timeouts {
+        connect: t.connect.map_or(d.connect, |x| x.0),
+        request: t.request.map_or(d.request, |x| x.0),
+        idle: t.idle.map_or(d.idle, |x| x.0),
+        request_idle: t.idle.map(|x| x.0),
+    };
+    let ms = timeouts.request.as_millis() as u64;
+    let stats = env.metrics.route(owner, &cluster.name);
+    Binding {
+        cluster,
+        timeouts,
+        deadline_values: [
+            HeaderValue::from(ms),
+            HeaderValue::from(ms.saturating_sub(1)),
+        ],
+        stats,
+    }
 }
 
 fn summary(

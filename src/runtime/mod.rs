@@ -7,6 +7,7 @@
 //! Requests hold the snapshot they started with, so none fails because of a reload.
 
 pub mod compile;
+pub mod messaging;
 pub mod reload;
 pub mod snapshot;
 
@@ -193,7 +194,7 @@ impl Runtime {
                 known.insert(c.name.to_string(), Arc::downgrade(c));
             }
         }
-        Ok(())
+        messaging::activate(snap)
     }
 
     fn note_loaded(&self) {

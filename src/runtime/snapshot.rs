@@ -123,4 +123,10 @@ pub struct Snapshot {
     pub unmatched: Arc<RouteStats>,
     /// Key files policies read (JWKS and PEM files): a change reloads the configuration.
     pub key_files: Vec<std::path::PathBuf>,
+    /// The broker connections (started when the snapshot is activated).
+    pub brokers: Vec<crate::brokers::Link>,
+    /// The outboxes of publish routes (opened when the snapshot is activated).
+    pub outboxes: Vec<Arc<crate::targets::publish::OutboxSlot>>,
+    /// The subscriptions (consuming from activation until the snapshot is dropped).
+    pub subscriptions: Vec<Arc<crate::brokers::subscribe::Subscription>>,
 }

@@ -1,11 +1,13 @@
 //! Targets: what ends a route. `upstream` forwards to a cluster, `split` forwards to one
 //! of several clusters by weight, `respond` answers from the gateway, `compose` makes
 //! several calls and answers with one JSON document.
-//! `grpc` transcodes REST/JSON to gRPC. (Publishing will be a target too.)
+//! `grpc` transcodes REST/JSON to gRPC, `publish` turns the request into a message on a
+//! broker.
 
 pub mod compose;
 pub mod forward;
 pub mod grpc;
+pub mod publish;
 pub mod respond;
 pub mod split;
 pub mod tunnel;
@@ -37,6 +39,8 @@ pub enum Target {
     Compose(compose::Compose),
     /// REST/JSON transcoded to gRPC.
     Grpc(grpc::Grpc),
+    /// The request published as a message.
+    Publish(publish::Publish),
 }
 
 impl Target {
@@ -51,6 +55,7 @@ impl Target {
             Target::Respond(r) => Ok(r.call(ctx)),
             Target::Compose(c) => c.call(ctx, req).await,
             Target::Grpc(g) => g.call(ctx, req).await,
+            Target::Publish(p) => p.call(ctx, req).await,
         }
     }
 
@@ -62,6 +67,7 @@ impl Target {
             Target::Respond(r) => format!("respond {}", r.status()),
             Target::Compose(c) => c.describe(),
             Target::Grpc(g) => g.describe(),
+            Target::Publish(p) => p.describe(),
         }
     }
 
@@ -77,7 +83,7 @@ impl Target {
     pub fn forward(&self) -> Option<&Forward> {
         match self {
             Target::Upstream { forward, .. } | Target::Split { forward, .. } => Some(forward),
-            Target::Respond(_) | Target::Compose(_) | Target::Grpc(_) => None,
+            Target::Respond(_) | Target::Compose(_) | Target::Grpc(_) | Target::Publish(_) => None,
         }
     }
 }

@@ -218,6 +218,8 @@ pub struct Metrics {
     pub no_consumer: ConsumerStats,
     /// The shared Redis connection.
     pub redis: RedisStats,
+    /// Message brokers and subscriptions.
+    pub brokers: super::broker_metrics::BrokerMetrics,
     routes: Mutex<HashMap<RouteKey, Arc<RouteStats>>>,
     upstreams: Mutex<HashMap<Arc<str>, Arc<UpstreamStats>>>,
     consumers: Mutex<HashMap<Arc<str>, Arc<ConsumerStats>>>,
@@ -342,6 +344,7 @@ impl Metrics {
         self.render_upstreams(&mut out);
         self.render_consumers(&mut out);
         self.render_calls(&mut out);
+        self.brokers.render(&mut out);
         let gauges: [Series; 11] = [
             (
                 "turnpike_requests_in_flight",

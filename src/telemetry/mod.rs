@@ -2,6 +2,7 @@
 //! counters on the request path) and process metrics.
 
 pub mod access_log;
+pub mod broker_metrics;
 pub mod exchange;
 pub mod logging;
 pub mod metrics;

@@ -19,6 +19,7 @@ mod grpc;
 mod h1server;
 mod h2abuse;
 mod jwt;
+mod messaging;
 mod proxy;
 mod rate_limit;
 mod redis_limit;

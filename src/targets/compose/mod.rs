@@ -914,7 +914,11 @@ impl Call {
 }
 
 /// Reads a body up to `cap` bytes; a longer one is refused without reading the rest.
-async fn read_capped(mut body: Body, headers: &HeaderMap, cap: u64) -> Result<Bytes, &'static str> {
+pub(crate) async fn read_capped(
+    mut body: Body,
+    headers: &HeaderMap,
+    cap: u64,
+) -> Result<Bytes, &'static str> {
     use http_body_util::BodyExt;
     let declared = headers
         .get(CONTENT_LENGTH)

@@ -1,0 +1,351 @@
+//! The RabbitMQ connection of one `brokers.NAME.amqp` block (lapin).
+//!
+//! A background task connects, opens one publishing channel in confirm mode, and then
+//! watches the connection: on an error event, a closed connection or a closed channel it
+//! drops them and connects again after a backoff (doubling from `reconnect.base` up to
+//! `reconnect.max`, with jitter: never a hot loop). A channel closed by the broker
+//! (publishing to an exchange that does not exist, say) is reopened on the same
+//! connection. The heartbeat (`heartbeat`) makes a silent broker an error within about
+//! twice its period.
+//!
+//! Publishing never waits for a connection: not connected is a [`PublishError`] at once;
+//! `connection.blocked` (a memory or disk alarm) is refused at once too, since a blocked
+//! broker stops reading its socket. A publish waits for the broker's confirm at most
+//! `confirm_timeout`. With `mandatory`, a message no queue takes comes back
+//! (`basic.return`) and is an error, never a silent drop.
+
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use futures_util::StreamExt;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Event};
+use tokio::sync::{watch, Notify};
+
+use super::message::{Destination, Message};
+use super::PublishError;
+use crate::config::brokers::AmqpSpec;
+use crate::telemetry::broker_metrics::BrokerStats;
+
+/// How often a connected link checks that its connection and channel are alive, besides
+/// reacting to their events.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// An open connection with its publishing channel.
+pub struct Live {
+    /// The connection (subscriptions open their own channels on it).
+    pub conn: Connection,
+    channel: ArcSwapOption<Channel>,
+}
+
+/// The connection to one RabbitMQ broker.
+pub struct AmqpLink {
+    /// The broker's name (a key of `brokers`).
+    pub name: Arc<str>,
+    spec: AmqpSpec,
+    /// The URL with its password hidden, for logs.
+    target: String,
+    live: ArcSwapOption<Live>,
+    /// Bumped at every new connection; subscriptions wait on it.
+    generation: watch::Sender<u64>,
+    started: AtomicBool,
+    wake: Notify,
+    /// Counters.
+    pub stats: Arc<BrokerStats>,
+}
+
+impl AmqpLink {
+    /// A link that is not connected yet.
+    pub fn new(name: &str, spec: AmqpSpec, stats: Arc<BrokerStats>) -> Self {
+        Self {
+            name: Arc::from(name),
+            target: redact(&spec.url),
+            spec,
+            live: ArcSwapOption::empty(),
+            generation: watch::channel(0).0,
+            started: AtomicBool::new(false),
+            wake: Notify::new(),
+            stats,
+        }
+    }
+
+    /// Starts the connection task (once).
+    pub fn start(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(run(Arc::downgrade(self)));
+    }
+
+    /// The live connection, if connected.
+    pub fn live(&self) -> Option<Arc<Live>> {
+        self.live
+            .load_full()
+            .filter(|l| l.conn.status().connected())
+    }
+
+    /// Changes whenever a new connection is made.
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generation.subscribe()
+    }
+
+    /// Publishes `m` and waits for the broker's confirm.
+    pub async fn publish(&self, m: &Message) -> Result<(), PublishError> {
+        let Destination::Amqp {
+            exchange,
+            routing_key,
+            mandatory,
+            ..
+        } = &m.to
+        else {
+            return Err(PublishError::Unavailable(
+                "an AMQP broker cannot take a NATS message".into(),
+            ));
+        };
+        let Some(live) = self.live() else {
+            return Err(PublishError::Unavailable("not connected".into()));
+        };
+        if live.conn.status().blocked() {
+            self.stats.blocked_refusals.inc();
+            return Err(PublishError::Blocked);
+        }
+        let Some(channel) = live.channel.load_full().filter(|c| c.status().connected()) else {
+            self.wake.notify_one();
+            return Err(PublishError::Unavailable("channel reopening".into()));
+        };
+        let options = BasicPublishOptions {
+            mandatory: *mandatory,
+            immediate: false,
+        };
+        let sent = async {
+            channel
+                .basic_publish(
+                    ShortString::from(exchange.as_str()),
+                    ShortString::from(routing_key.as_str()),
+                    options,
+                    &m.body,
+                    properties(m),
+                )
+                .await?
+                .await
+        };
+        match tokio::time::timeout(self.spec.confirm_timeout.0, sent).await {
+            Err(_) => Err(PublishError::Timeout),
+            Ok(Err(e)) => {
+                self.wake.notify_one();
+                Err(PublishError::Closed(e.to_string()))
+            }
+            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
+            Ok(Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r)))) => Err(
+                PublishError::Unroutable(format!("{} {}", r.reply_code, r.reply_text.as_str())),
+            ),
+            Ok(Ok(Confirmation::Nack(None))) => Err(PublishError::Nacked),
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Closed(
+                "the channel is not in confirm mode".into(),
+            )),
+        }
+    }
+
+    async fn connect(&self) -> Result<Live, String> {
+        let mut uri = lapin::uri::AMQPUri::from_str(&self.spec.url)?;
+        uri.query.heartbeat = Some(self.spec.heartbeat.0.as_secs().min(u16::MAX as u64) as u16);
+        uri.query.connection_timeout = Some(self.spec.connect_timeout.0.as_millis() as u64);
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(format!("turnpike {}", self.name)));
+        let conn = tokio::time::timeout(
+            self.spec.connect_timeout.0,
+            Connection::connect_uri(uri, props),
+        )
+        .await
+        .map_err(|_| "connecting timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+        let channel = publishing_channel(&conn).await?;
+        Ok(Live {
+            conn,
+            channel: ArcSwapOption::from_pointee(channel),
+        })
+    }
+}
+
+async fn publishing_channel(conn: &Connection) -> Result<Channel, String> {
+    let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(channel)
+}
+
+/// The AMQP properties of `m`.
+fn properties(m: &Message) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    for (k, v) in &m.headers {
+        headers.insert(
+            ShortString::from(k.as_str()),
+            AMQPValue::LongString(LongString::from(v.as_bytes())),
+        );
+    }
+    let mut p = BasicProperties::default()
+        .with_message_id(ShortString::from(m.id.as_str()))
+        .with_correlation_id(ShortString::from(m.correlation_id.as_str()))
+        .with_timestamp(m.timestamp)
+        .with_app_id(ShortString::from("turnpike"))
+        .with_headers(headers);
+    if let Some(ct) = &m.content_type {
+        p = p.with_content_type(ShortString::from(ct.as_str()));
+    }
+    if let Destination::Amqp {
+        persistent,
+        priority,
+        expiration_ms,
+        ..
+    } = &m.to
+    {
+        if *persistent {
+            p = p.with_delivery_mode(2);
+        }
+        if let Some(pr) = priority {
+            p = p.with_priority(*pr);
+        }
+        if let Some(ms) = expiration_ms {
+            p = p.with_expiration(ShortString::from(ms.to_string()));
+        }
+    }
+    p
+}
+
+/// Connects, watches, reconnects, until no snapshot holds the link.
+async fn run(weak: Weak<AmqpLink>) {
+    let mut failures: u32 = 0;
+    loop {
+        let Some(link) = weak.upgrade() else { return };
+        let delay = match link.connect().await {
+            Ok(live) => {
+                if failures > 0 || link.stats.reconnects.get() > 0 {
+                    tracing::info!(broker = %link.name, target = %link.target, "broker connected again");
+                } else {
+                    tracing::info!(broker = %link.name, target = %link.target, "broker connected");
+                }
+                failures = 0;
+                let live = Arc::new(live);
+                link.live.store(Some(live.clone()));
+                link.stats.connected.set(1);
+                link.generation.send_modify(|g| *g += 1);
+                let reason = watch_live(&link, &live, &weak).await;
+                link.live.store(None);
+                link.stats.connected.set(0);
+                if weak.strong_count() <= 1 {
+                    let _ = live.conn.close(200, ShortString::from("bye")).await;
+                    return;
+                }
+                link.stats.reconnects.inc();
+                tracing::warn!(broker = %link.name, target = %link.target, %reason, "broker connection lost; reconnecting");
+                link.spec.reconnect.base.0
+            }
+            Err(e) => {
+                failures += 1;
+                link.stats.connect_failures.inc();
+                if failures == 1 {
+                    tracing::warn!(broker = %link.name, target = %link.target, error = %e, "cannot connect to the broker; retrying with backoff");
+                } else {
+                    tracing::debug!(broker = %link.name, error = %e, failures, "still cannot connect to the broker");
+                }
+                link.spec.reconnect.delay(failures)
+            }
+        };
+        drop(link);
+        tokio::time::sleep(super::jitter(delay)).await;
+    }
+}
+
+/// Waits until the connection fails (or nobody holds the link); reopens a closed
+/// publishing channel in place. Returns why it stopped.
+async fn watch_live(link: &AmqpLink, live: &Live, weak: &Weak<AmqpLink>) -> String {
+    let mut events = live.conn.events_listener();
+    let mut reopen_failures = 0u32;
+    let mut last_error = String::from("connection closed");
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                None => return last_error,
+                // A channel's error comes here too: the checks below tell which failed.
+                Some(Event::Error(e)) => last_error = e.to_string(),
+                Some(Event::ConnectionBlocked(reason)) => {
+                    link.stats.blocked.set(1);
+                    tracing::warn!(broker = %link.name, %reason, "broker blocked publishing (connection.blocked)");
+                }
+                Some(Event::ConnectionUnblocked) => {
+                    link.stats.blocked.set(0);
+                    tracing::info!(broker = %link.name, "broker unblocked publishing");
+                }
+                Some(_) => {}
+            },
+            _ = tokio::time::sleep(CHECK_EVERY) => {}
+            _ = link.wake.notified() => {}
+        }
+        if weak.strong_count() <= 1 {
+            return "no longer used".into();
+        }
+        let status = live.conn.status();
+        if !status.connected() {
+            return last_error;
+        }
+        link.stats.blocked.set(i64::from(status.blocked()));
+        let channel_ok = live
+            .channel
+            .load()
+            .as_ref()
+            .is_some_and(|c| c.status().connected());
+        if !channel_ok {
+            live.channel.store(None);
+            match publishing_channel(&live.conn).await {
+                Ok(c) => {
+                    reopen_failures = 0;
+                    link.stats.channel_reopens.inc();
+                    tracing::info!(broker = %link.name, "publishing channel reopened");
+                    live.channel.store(Some(Arc::new(c)));
+                }
+                Err(e) => {
+                    reopen_failures += 1;
+                    if reopen_failures >= 3 {
+                        return format!("cannot reopen the channel: {e}");
+                    }
+                    tokio::time::sleep(link.spec.reconnect.delay(reopen_failures)).await;
+                }
+            }
+        }
+    }
+}
+
+/// `amqp://user:secret@host/vhost` as `amqp://user:***@host/vhost`.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.split_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(
+            redact("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            "amqp://guest:***@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact("amqp://127.0.0.1"), "amqp://127.0.0.1");
+    }
+}
