@@ -742,3 +742,253 @@ fn messaging_configs_that_cannot_work_are_refused_with_their_paths() {
         "{e}"
     );
 }
+
+/// A proxy to RabbitMQ that forwards the broker's frames whole and can slip a frame of
+/// its own between them (`connection.blocked` and `connection.unblocked`), as a broker
+/// under a memory or disk alarm sends them.
+async fn injecting_proxy(target: &str) -> (SocketAddr, tokio::sync::broadcast::Sender<Vec<u8>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (inject, _) = tokio::sync::broadcast::channel::<Vec<u8>>(8);
+    let tx = inject.clone();
+    let target = target.to_string();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let Ok(server) = tokio::net::TcpStream::connect(&target).await else {
+                continue;
+            };
+            let mut extra = tx.subscribe();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            tokio::spawn(async move { tokio::io::copy(&mut cr, &mut sw).await });
+            tokio::spawn(async move {
+                loop {
+                    let mut head = [0u8; 7];
+                    tokio::select! {
+                        r = sr.read_exact(&mut head) => {
+                            if r.is_err() { return; }
+                            let size = u32::from_be_bytes([head[3], head[4], head[5], head[6]]) as usize;
+                            let mut rest = vec![0u8; size + 1];
+                            if sr.read_exact(&mut rest).await.is_err() { return; }
+                            if cw.write_all(&head).await.is_err() || cw.write_all(&rest).await.is_err() { return; }
+                        }
+                        Ok(frame) = extra.recv() => {
+                            if cw.write_all(&frame).await.is_err() { return; }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, inject)
+}
+
+/// A method frame on channel 0.
+fn method_frame(class: u16, method: u16, args: &[u8]) -> Vec<u8> {
+    let mut payload = Vec::new();
+    payload.extend_from_slice(&class.to_be_bytes());
+    payload.extend_from_slice(&method.to_be_bytes());
+    payload.extend_from_slice(args);
+    let mut f = vec![1u8, 0, 0];
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(&payload);
+    f.push(0xCE);
+    f
+}
+
+#[tokio::test]
+async fn a_blocked_broker_is_a_503_until_it_unblocks() {
+    let (proxy, inject) = injecting_proxy(AMQP).await;
+    let (_c, ch) = channel().await;
+    let exchange = unique("blocked");
+    let queue = bound_queue(&ch, &exchange, "k", FieldTable::default()).await;
+    let routes = format!(
+        "  - name: p\n    match: {{path: /p}}\n    publish: {{broker: events, exchange: {exchange}, routing_key: k}}\n"
+    );
+    let gw = gateway(&config(&proxy.to_string(), &routes, "")).await;
+    connected(&gw).await;
+    let base = url(&gw, "public");
+    assert_eq!(
+        send(post(&format!("{base}/p"), "before", &[])).await.status,
+        202
+    );
+    let reason = b"low on memory";
+    let mut args = vec![reason.len() as u8];
+    args.extend_from_slice(reason);
+    inject.send(method_frame(10, 60, &args)).unwrap();
+    eventually(Duration::from_secs(5), "blocked seen", || async {
+        (metric_value(&gw, "turnpike_broker_blocked{broker=\"events\"}") == Some(1)).then_some(())
+    })
+    .await;
+    let r = send(post(&format!("{base}/p"), "during", &[])).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error_code(), "broker_blocked");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    inject.send(method_frame(10, 61, &[])).unwrap();
+    eventually(Duration::from_secs(5), "unblocked seen", || async {
+        (metric_value(&gw, "turnpike_broker_blocked{broker=\"events\"}") == Some(0)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        send(post(&format!("{base}/p"), "after", &[])).await.status,
+        202
+    );
+    let bodies: Vec<Vec<u8>> = take(&ch, &queue, 2, Duration::from_secs(5))
+        .await
+        .into_iter()
+        .map(|d| d.data)
+        .collect();
+    assert_eq!(bodies, [b"before".to_vec(), b"after".to_vec()]);
+}
+
+#[tokio::test]
+async fn a_thousand_messages_survive_a_cut_broker_and_a_sigkilled_gateway() {
+    let proxy = FaultProxy::start(AMQP.parse::<SocketAddr>().unwrap()).await;
+    let (_c, ch) = channel().await;
+    let exchange = unique("batch");
+    let queue = bound_queue(&ch, &exchange, "k", FieldTable::default()).await;
+    let dir = std::env::temp_dir().join(unique("outbox-kill"));
+    let yaml = format!(
+        "listeners:\n  - {{name: public, address: \"127.0.0.1:0\"}}\nadmin: {{address: \"127.0.0.1:0\"}}\naccess_log: {{enabled: false}}\n{}routes:\n  - name: p\n    match: {{path: /p}}\n    publish: {{broker: events, exchange: {exchange}, routing_key: k, outbox: {{path: \"{}\"}}}}\n",
+        broker(&proxy.addr.to_string(), ""),
+        dir.display()
+    );
+    let file = config_file(&unique("kill"), &yaml);
+    let mut bin = spawn_binary_with(&file, true);
+    let admin = bin.admin.unwrap();
+    let metric = |name: &'static str| async move {
+        let text = get(&format!("http://{admin}/metrics"), &[]).await.body;
+        let text = String::from_utf8_lossy(&text).into_owned();
+        text.lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.trim().parse::<i64>().ok())
+        })
+    };
+    eventually(Duration::from_secs(10), "connected", || async {
+        (metric("turnpike_broker_connected{broker=\"events\"}").await == Some(1)).then_some(())
+    })
+    .await;
+    let base = format!("http://{}", bin.addr);
+    let mut ids = std::collections::HashSet::new();
+    for i in 0..1000 {
+        if i == 400 {
+            // The broker goes away mid-batch.
+            proxy.set(Fault::Drop);
+        }
+        let r = send(post(&format!("{base}/p"), &i.to_string(), &[])).await;
+        assert_eq!(r.status, 202, "message {i}: {:?}", r.body);
+        ids.insert(r.json()["message_id"].as_str().unwrap().to_string());
+    }
+    assert!(
+        metric("turnpike_outbox_depth{broker=\"events\"}")
+            .await
+            .unwrap()
+            > 0
+    );
+    // SIGKILL: no shutdown, no flush, whatever was in flight is cut.
+    bin.child.kill().unwrap();
+    bin.child.wait().unwrap();
+    proxy.set(Fault::Pass);
+    let gw = gateway(&yaml).await;
+    let got = take(&ch, &queue, 1000, Duration::from_secs(30)).await;
+    let seen: std::collections::HashSet<String> = got
+        .iter()
+        .map(|d| d.properties.message_id().as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        seen.len(),
+        1000,
+        "every answered message arrived (duplicates allowed)"
+    );
+    assert!(ids.is_subset(&seen));
+    drop(gw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn subscriptions_follow_reloads_and_a_refused_declaration_does_not_crash_loop() {
+    let (_c, ch) = channel().await;
+    let (exchange, queue) = (unique("sub"), unique("notifications"));
+    let (up, n) = notifier(0, Duration::ZERO).await;
+    // No subscription at first.
+    let without = format!(
+        "listeners:\n  - {{name: public, address: \"127.0.0.1:0\"}}\n{}upstreams:\n  notifier: {{endpoints: [\"{}\"]}}\nroutes:\n  - name: health\n    match: {{path: /health}}\n    respond: {{status: 200}}\n",
+        broker(AMQP, ""),
+        up.addr
+    );
+    let gw = gateway(&without).await;
+    let with = subscription(&exchange, &queue, up.addr, 4);
+    gw.runtime()
+        .apply(turnpike::config::load_str(&with, std::path::Path::new(".")).unwrap())
+        .await
+        .unwrap();
+    consuming(&gw).await;
+    publish_raw(&ch, &exchange, "order.created", "r-1", b"one").await;
+    eventually(Duration::from_secs(10), "delivered", || async {
+        (n.tries.lock().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    // Removed on reload: it stops consuming, and messages wait in the queue.
+    gw.runtime()
+        .apply(turnpike::config::load_str(&without, std::path::Path::new(".")).unwrap())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "stopped", || async {
+        (metric_value(
+            &gw,
+            "turnpike_subscription_consuming{subscription=\"notify\"}",
+        ) == Some(0))
+        .then_some(())
+    })
+    .await;
+    publish_raw(&ch, &exchange, "order.created", "r-2", b"two").await;
+    let waiting = take(&ch, &queue, 1, Duration::from_secs(5)).await;
+    assert_eq!(waiting[0].data, b"two");
+    assert_eq!(n.tries.lock().unwrap().len(), 1);
+    // A queue that exists with other arguments: the declaration is refused by the broker
+    // (PRECONDITION_FAILED); the subscription retries with backoff, the gateway serves on.
+    let other = unique("clash");
+    ch.queue_declare(
+        ShortString::from(other.as_str()),
+        QueueDeclareOptions {
+            durable: false,
+            auto_delete: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let clash = subscription(&exchange, &other, up.addr, 4);
+    gw.runtime()
+        .apply(turnpike::config::load_str(&clash, std::path::Path::new(".")).unwrap())
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the refusal counted", || async {
+        (metric_value(
+            &gw,
+            "turnpike_subscription_declare_failures_total{subscription=\"notify\"}",
+        )
+        .unwrap_or(0)
+            >= 2)
+            .then_some(())
+    })
+    .await;
+    let failures = metric_value(
+        &gw,
+        "turnpike_subscription_declare_failures_total{subscription=\"notify\"}",
+    )
+    .unwrap();
+    assert!(failures < 10, "backoff, not a hot loop: {failures}");
+    assert_eq!(
+        get(&format!("{}/health", url(&gw, "public")), &[])
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        metric_value(&gw, "turnpike_broker_connected{broker=\"events\"}"),
+        Some(1)
+    );
+}
