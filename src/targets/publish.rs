@@ -77,6 +77,8 @@ enum Answer {
 /// A compiled `publish` block.
 pub struct Publish {
     link: Link,
+    /// The broker's name, as the access log's `upstream`.
+    broker: Arc<str>,
     dest: Dest,
     headers: Vec<HeaderName>,
     max_body: u64,
@@ -174,6 +176,7 @@ impl Publish {
             })
         });
         Some(Self {
+            broker: Arc::from(link.name()),
             link,
             dest,
             headers: spec
@@ -225,20 +228,33 @@ impl Publish {
             })?;
         let message = self.message(ctx, &parts, body)?;
         let results = [Some(Value::String(message.id.clone()))];
+        // The broker's time is this route's upstream time (access log, and the server
+        // knows the body was read: the connection stays open).
+        let started = tokio::time::Instant::now();
+        let outcome = self.hand_over(&message).await;
+        ctx.upstream_time = Some(started.elapsed());
+        ctx.upstream = Some(self.broker.clone());
+        outcome?;
+        self.answer(ctx, &parts, &results)
+    }
+
+    /// Gives `message` to the broker, or to the outbox when it has one and the broker
+    /// cannot take the message now (or older messages still wait there).
+    async fn hand_over(&self, message: &Message) -> Result<(), GatewayError> {
         match self.outbox.as_ref().and_then(|o| o.open.get()) {
             Some(outbox) => {
                 let direct = if outbox.depth() > 0 {
                     // Older messages wait in the outbox: this one goes behind them.
                     None
                 } else {
-                    Some(self.link.publish(&message, &self.retry).await)
+                    Some(self.link.publish(message, &self.retry).await)
                 };
                 match direct {
                     Some(Ok(())) => {}
                     Some(Err(e)) if !e.outbox_may_keep() => {
                         return Err(e.into_gateway(self.link.name()))
                     }
-                    _ => match outbox.append(&message).await {
+                    _ => match outbox.append(message).await {
                         Ok(()) => {}
                         Err(OutboxError::Full) => {
                             self.link.stats().outbox_full.inc();
@@ -265,11 +281,11 @@ impl Publish {
             }
             None => self
                 .link
-                .publish(&message, &self.retry)
+                .publish(message, &self.retry)
                 .await
                 .map_err(|e| e.into_gateway(self.link.name()))?,
         }
-        self.answer(ctx, &parts, &results)
+        Ok(())
     }
 
     fn message(

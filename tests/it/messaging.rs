@@ -176,6 +176,11 @@ async fn a_publish_is_answered_after_the_confirm_with_the_message_as_sent() {
     ))
     .await;
     assert_eq!(r.status, 202, "{:?}", r.body);
+    assert_eq!(
+        r.header("connection"),
+        None,
+        "the body was read: the connection stays open"
+    );
     let id = r.json()["message_id"].as_str().unwrap().to_string();
     assert_eq!(r.json()["accepted"], true);
     assert!(
