@@ -388,11 +388,17 @@ impl Publish {
                 false,
             ),
         };
+        let empty = body.is_empty();
         let mut resp = http::Response::new(Body::full(body));
         *resp.status_mut() = self.status;
         let h = resp.headers_mut();
         if json {
             h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        } else if !empty {
+            h.insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
         }
         for (name, t) in &self.answer_headers {
             let v = t
