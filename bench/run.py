@@ -240,12 +240,14 @@ class Proxies:
         self.procs.clear()
 
 
-def run_wrk(port, seconds, connections=50, path="/", scheme="http", header=None):
+def run_wrk(port, seconds, connections=50, path="/", scheme="http", header=None, script=None):
     """Runs wrk on the load core; returns (requests, errors, non_2xx, rps, wrk_ticks)."""
     cmd = ["taskset", "-c", LOAD_CORE, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s",
            f"{scheme}://127.0.0.1:{port}{path}"]
     if header:
         cmd[4:4] = ["-H", header]
+    if script:
+        cmd[4:4] = ["-s", str(script)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out, _ = p.communicate()
     m = re.search(r"(\d+) requests in", out)
@@ -535,6 +537,80 @@ def w6(args, proxies):
             "over_envoy": med(lambda r: r["envoy_ratio"]) if envoy else None}
 
 
+def rabbit_pid():
+    out = subprocess.run(["pgrep", "-f", "beam.smp"], capture_output=True, text=True).stdout.split()
+    return int(out[0]) if out else None
+
+
+def w7(args, proxies):
+    """A POST published to RabbitMQ with confirms against the same POST proxied to the
+    HTTP upstream, through one turnpike, in the same rounds."""
+    try:
+        import pika
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "pika"], check=True)
+        import pika
+    conn = pika.BlockingConnection(pika.ConnectionParameters("127.0.0.1", 5672))
+    ch = conn.channel()
+    # Bounded, so that a long run cannot fill the broker's disk.
+    ch.queue_declare("turnpike-bench", durable=True, arguments={"x-max-length": 200000})
+    ch.queue_purge("turnpike-bench")
+    upstream = proxies.start_upstream()
+    proc = spawn(proxies.turnpike_cmd(ROOT / "bench" / "turnpike-w7.yaml"), PROXY_CORE, env=proxies.turnpike_env())
+    wait_port(PORTS["turnpike"], timeout=120)
+    proxies.procs["turnpike-w7"] = proc
+    port = PORTS["turnpike"]
+    script = proxies.tmp / "post.lua"
+    script.write_text('wrk.method = "POST"\nwrk.body = \'{"order":"o-1","sku":"book-17","quantity":2}\'\n'
+                      'wrk.headers["Content-Type"] = "application/json"\n')
+    for path, want in (("/proxy", 200), ("/publish", 202)):
+        deadline = time.time() + 20
+        while True:
+            req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"{}", method="POST")
+            try:
+                status = urllib.request.urlopen(req, timeout=5).status
+            except urllib.error.HTTPError as e:
+                status = e.code
+            if status == want:
+                break
+            if time.time() > deadline:
+                raise SystemExit(f"{path} answered {status}, not {want}")
+            time.sleep(0.2)
+    rpid = rabbit_pid()
+    rounds = []
+    for r in range(args.rounds):
+        row = {}
+        for mode in ("proxy", "publish"):
+            run_wrk(port, args.warmup, path=f"/{mode}", script=script)
+            b = (cpu_ticks(proc.pid), cpu_ticks(rpid) if rpid else 0, cpu_ticks(upstream.pid))
+            requests, errors, non2xx, rps, _ = run_wrk(port, args.duration, path=f"/{mode}", script=script)
+            a = (cpu_ticks(proc.pid), cpu_ticks(rpid) if rpid else 0, cpu_ticks(upstream.pid))
+            n = max(requests, 1)
+            row[mode] = {"requests": requests, "errors": errors, "non2xx": non2xx, "rps": rps,
+                         "cpu_us_per_req": (a[0] - b[0]) / TICKS * 1e6 / n,
+                         "broker_us_per_req": (a[1] - b[1]) / TICKS * 1e6 / n,
+                         "upstream_us_per_req": (a[2] - b[2]) / TICKS * 1e6 / n}
+        ch.queue_purge("turnpike-bench")
+        row["ratio"] = row["publish"]["cpu_us_per_req"] / row["proxy"]["cpu_us_per_req"]
+        row["kept"] = all(row[m]["errors"] == 0 and row[m]["non2xx"] == 0 for m in ("proxy", "publish"))
+        log(f"W7 round {r + 1}: proxy {row['proxy']['cpu_us_per_req']:.2f}us {row['proxy']['rps']:.0f}/s, "
+            f"publish {row['publish']['cpu_us_per_req']:.2f}us {row['publish']['rps']:.0f}/s "
+            f"(RabbitMQ {row['publish']['broker_us_per_req']:.2f}us), ratio {row['ratio']:.2f}"
+            + ("" if row["kept"] else " [discarded]"))
+        rounds.append(row)
+    proxies.stop_all()
+    conn.close()
+    kept = [r for r in rounds if r["kept"]] or rounds
+    med = lambda f: statistics.median(f(r) for r in kept)
+    return {"rounds": rounds, "kept": len(kept),
+            "proxy_us": med(lambda r: r["proxy"]["cpu_us_per_req"]),
+            "publish_us": med(lambda r: r["publish"]["cpu_us_per_req"]),
+            "broker_us": med(lambda r: r["publish"]["broker_us_per_req"]),
+            "proxy_rps": med(lambda r: r["proxy"]["rps"]),
+            "publish_rps": med(lambda r: r["publish"]["rps"]),
+            "ratio": med(lambda r: r["ratio"])}
+
+
 def start_envoy_w6(proxies):
     """Envoy with grpc_json_transcoder on a descriptor set of the same contract (GetOrder
     annotated, GetOrderItems left out: Envoy refuses response_body on a non-HttpBody
@@ -804,6 +880,15 @@ def report(results):
         if w.get("over_envoy") is not None:
             lines.append(f"**turnpike transcoded / Envoy transcoded (paired, median): {w['over_envoy']:.2f}.**")
         lines.append("")
+    if "w7" in results:
+        w = results["w7"]
+        lines += ["## W7: a POST published to RabbitMQ with confirms against the same POST proxied",
+                  f"Rounds kept: {w['kept']} of {len(w['rounds'])} (wrk, 50 connections, a 45-byte JSON body).", "",
+                  "| | turnpike CPU µs/request (median) | requests/s (median) |", "|---|---|---|",
+                  f"| proxied to the HTTP upstream | {w['proxy_us']:.2f} | {w['proxy_rps']:.0f} |",
+                  f"| published, confirmed (persistent, mandatory, durable queue) | {w['publish_us']:.2f} | {w['publish_rps']:.0f} |",
+                  "", f"RabbitMQ's own CPU per published message: {w['broker_us']:.2f} µs.", "",
+                  f"**Published / proxied, turnpike CPU per request (paired, median): {w['ratio']:.2f}.**", ""]
     if "w4" in results:
         m = results["w4"]
         lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",
@@ -828,7 +913,7 @@ def main():
     ap.add_argument("--duration", type=int, default=8)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--idle", type=int, default=5000, help="idle connections for W4")
-    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1r, w2, w2rl, w3, w5, w6, w1tls, latency, w4 (empty for none)")
+    ap.add_argument("--workloads", default="w1,w1tls,latency,w4", help="comma list of w1, w1r, w2, w2rl, w3, w5, w6, w7, w1tls, latency, w4 (empty for none)")
     ap.add_argument("--counts", action="store_true", help="also count instructions and syscalls")
     ap.add_argument("--count-requests", type=int, default=20000)
     ap.add_argument("--latency-rounds", type=int, default=3)
@@ -855,6 +940,8 @@ def main():
                 results["w5"] = w5(args, proxies)
             if "w6" in wanted:
                 results["w6"] = w6(args, proxies)
+            if "w7" in wanted:
+                results["w7"] = w7(args, proxies)
             if "w1tls" in wanted:
                 results["w1tls"] = w1(args, proxies, tls=True)
             if "latency" in wanted:
