@@ -33,6 +33,14 @@ pub enum Destination {
         /// The subject.
         subject: String,
     },
+    /// Kafka: a topic and an optional record key.
+    Kafka {
+        /// The topic.
+        topic: String,
+        /// The record key.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+    },
 }
 
 /// One message.
@@ -64,6 +72,7 @@ impl Message {
         match &self.to {
             Destination::Amqp { routing_key, .. } => routing_key,
             Destination::Nats { subject } => subject,
+            Destination::Kafka { topic, key } => key.as_deref().unwrap_or(topic),
         }
     }
 

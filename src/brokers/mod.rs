@@ -1,4 +1,4 @@
-//! Message brokers: the connections the gateway keeps to RabbitMQ and NATS, the
+//! Message brokers: the connections the gateway keeps to RabbitMQ, NATS and Kafka, the
 //! messages it publishes, the durable outbox that holds them while a broker cannot take
 //! them, and the subscriptions that deliver queued messages to HTTP services.
 //!
@@ -8,6 +8,8 @@
 //! to be made: a broker that is not connected answers at once.
 
 pub mod amqp;
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod message;
 pub mod nats;
 pub mod outbox;
@@ -104,6 +106,9 @@ pub enum Link {
     Amqp(Arc<amqp::AmqpLink>),
     /// NATS.
     Nats(Arc<nats::NatsLink>),
+    /// Kafka.
+    #[cfg(feature = "kafka")]
+    Kafka(Arc<kafka::KafkaLink>),
 }
 
 impl Link {
@@ -121,14 +126,18 @@ impl Link {
             "broker:{scope}:{name}:{}",
             serde_json::to_string(spec).unwrap_or_default()
         );
-        Some(match (&spec.amqp, &spec.nats) {
-            (Some(a), _) => Link::Amqp(crate::policies::state::shared(id, || {
+        Some(match (&spec.amqp, &spec.nats, &spec.kafka) {
+            (Some(a), _, _) => Link::Amqp(crate::policies::state::shared(id, || {
                 amqp::AmqpLink::new(name, a.clone(), stats)
             })),
-            (None, Some(n)) => Link::Nats(crate::policies::state::shared(id, || {
+            (None, Some(n), _) => Link::Nats(crate::policies::state::shared(id, || {
                 nats::NatsLink::new(name, n.clone(), stats)
             })),
-            (None, None) => return None,
+            #[cfg(feature = "kafka")]
+            (None, None, Some(k)) => Link::Kafka(crate::policies::state::shared(id, || {
+                kafka::KafkaLink::new(name, k.clone(), stats)
+            })),
+            _ => return None,
         })
     }
 
@@ -137,6 +146,8 @@ impl Link {
         match self {
             Link::Amqp(l) => l.start(),
             Link::Nats(l) => l.start(),
+            #[cfg(feature = "kafka")]
+            Link::Kafka(l) => l.start(),
         }
     }
 
@@ -145,6 +156,8 @@ impl Link {
         match self {
             Link::Amqp(l) => &l.name,
             Link::Nats(l) => &l.name,
+            #[cfg(feature = "kafka")]
+            Link::Kafka(l) => &l.name,
         }
     }
 
@@ -153,6 +166,8 @@ impl Link {
         match self {
             Link::Amqp(l) => &l.stats,
             Link::Nats(l) => &l.stats,
+            #[cfg(feature = "kafka")]
+            Link::Kafka(l) => &l.stats,
         }
     }
 
@@ -162,6 +177,8 @@ impl Link {
         match self {
             Link::Amqp(l) => l.publish(m).await,
             Link::Nats(l) => l.publish(m).await,
+            #[cfg(feature = "kafka")]
+            Link::Kafka(l) => l.publish(m).await,
         }
     }
 

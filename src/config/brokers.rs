@@ -21,6 +21,24 @@ pub struct BrokerSpec {
     /// NATS (with JetStream for acknowledged publishing).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nats: Option<NatsSpec>,
+    /// Kafka (an idempotent producer with `acks=all`; the `kafka` cargo feature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kafka: Option<KafkaSpec>,
+}
+
+/// A Kafka producer.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSpec {
+    /// `host:port` of one or more brokers to bootstrap from.
+    pub bootstrap: Vec<String>,
+    /// How long a publish waits for the leader and all in-sync replicas to have it.
+    #[serde(default = "five_seconds")]
+    pub ack_timeout: Dur,
+    /// Extra librdkafka producer settings (`compression.type: lz4`, `security.protocol`,
+    /// ...). `acks` and `enable.idempotence` are fixed: `all` and `true`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub properties: BTreeMap<String, String>,
 }
 
 /// A RabbitMQ connection.
@@ -115,6 +133,12 @@ pub struct PublishSpec {
     /// NATS: the subject; templated like `routing_key`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject: Option<String>,
+    /// Kafka: the topic; templated like `routing_key`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic: Option<String>,
+    /// Kafka: the record key (the partition, and the order within it); templated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
     /// AMQP: a message no queue takes is returned by the broker and answered 502
     /// `broker_unroutable`, never dropped.
     #[serde(default = "yes")]
@@ -309,6 +333,8 @@ impl BrokerSpec {
     pub fn kind(&self) -> &'static str {
         if self.nats.is_some() {
             "nats"
+        } else if self.kafka.is_some() {
+            "kafka"
         } else {
             "amqp"
         }
@@ -325,8 +351,30 @@ pub fn check_brokers(brokers: &BTreeMap<String, BrokerSpec>, p: &mut Problems) {
                 "a broker name is letters, digits, `_`, `-` and `.`",
             );
         }
-        match (&b.amqp, &b.nats) {
-            (Some(a), None) => {
+        match (&b.amqp, &b.nats, &b.kafka) {
+            (None, None, Some(k)) => {
+                if !cfg!(feature = "kafka") {
+                    p.push(
+                        format!("{at}.kafka"),
+                        "this build has no Kafka support: build with `--features kafka`",
+                    );
+                }
+                if k.bootstrap.is_empty() {
+                    p.push(format!("{at}.kafka.bootstrap"), "at least one `host:port`");
+                }
+                if k.ack_timeout.0.is_zero() {
+                    p.push(format!("{at}.kafka.ack_timeout"), "must be more than 0");
+                }
+                for key in ["acks", "enable.idempotence", "bootstrap.servers"] {
+                    if k.properties.contains_key(key) {
+                        p.push(
+                            format!("{at}.kafka.properties.{key}"),
+                            "set by turnpike (acks=all, idempotence on, `bootstrap`)",
+                        );
+                    }
+                }
+            }
+            (Some(a), None, None) => {
                 if !(a.url.starts_with("amqp://") || a.url.starts_with("amqps://")) {
                     p.push(
                         format!("{at}.amqp.url"),
@@ -346,7 +394,7 @@ pub fn check_brokers(brokers: &BTreeMap<String, BrokerSpec>, p: &mut Problems) {
                 }
                 check_backoff(&format!("{at}.amqp.reconnect"), &a.reconnect, p);
             }
-            (None, Some(n)) => {
+            (None, Some(n), None) => {
                 if !(n.url.starts_with("nats://") || n.url.starts_with("tls://")) {
                     p.push(
                         format!("{at}.nats.url"),
@@ -382,7 +430,7 @@ pub fn check_brokers(brokers: &BTreeMap<String, BrokerSpec>, p: &mut Problems) {
                     );
                 }
             }
-            _ => p.push(at, "give exactly one of `amqp` or `nats`"),
+            _ => p.push(at, "give exactly one of `amqp`, `nats` or `kafka`"),
         }
     }
 }
@@ -421,6 +469,14 @@ pub fn check_publish(
     };
     match b.kind() {
         "amqp" => {
+            for (field, set) in [("topic", spec.topic.is_some()), ("key", spec.key.is_some())] {
+                if set {
+                    p.push(
+                        format!("{at}.{field}"),
+                        "an AMQP broker takes `exchange` and `routing_key`",
+                    );
+                }
+            }
             if spec.subject.is_some() {
                 p.push(
                     format!("{at}.subject"),
@@ -434,8 +490,29 @@ pub fn check_publish(
                 );
             }
         }
+        "kafka" => {
+            for (field, set) in [
+                ("exchange", spec.exchange.is_some()),
+                ("routing_key", spec.routing_key.is_some()),
+                ("subject", spec.subject.is_some()),
+                ("priority", spec.priority.is_some()),
+                ("expiration", spec.expiration.is_some()),
+            ] {
+                if set {
+                    p.push(
+                        format!("{at}.{field}"),
+                        "a Kafka broker takes `topic` and `key`",
+                    );
+                }
+            }
+            if spec.topic.as_deref().is_none_or(str::is_empty) {
+                p.push(format!("{at}.topic"), "a Kafka publish needs a `topic`");
+            }
+        }
         _ => {
             for (field, set) in [
+                ("topic", spec.topic.is_some()),
+                ("key", spec.key.is_some()),
                 ("exchange", spec.exchange.is_some()),
                 ("routing_key", spec.routing_key.is_some()),
                 ("priority", spec.priority.is_some()),

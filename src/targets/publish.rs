@@ -67,6 +67,10 @@ enum Dest {
     Nats {
         subject: CallTemplate,
     },
+    Kafka {
+        topic: CallTemplate,
+        key: Option<CallTemplate>,
+    },
 }
 
 enum Answer {
@@ -112,11 +116,18 @@ impl Publish {
                 .map_err(|e| p.push(format!("{path}.{field}"), e))
                 .ok()
         };
-        let dest = match &spec.subject {
-            Some(s) => Dest::Nats {
+        let dest = match (&spec.subject, &spec.topic) {
+            (Some(s), _) => Dest::Nats {
                 subject: template("subject", s, &key_names)?,
             },
-            None => Dest::Amqp {
+            (None, Some(t)) => Dest::Kafka {
+                topic: template("topic", t, &key_names)?,
+                key: match &spec.key {
+                    Some(k) => Some(template("key", k, &key_names)?),
+                    None => None,
+                },
+            },
+            (None, None) => Dest::Amqp {
                 exchange: spec.exchange.clone().unwrap_or_default(),
                 routing_key: template(
                     "routing_key",
@@ -208,6 +219,7 @@ impl Publish {
         let to = match &self.dest {
             Dest::Amqp { exchange, .. } => format!("exchange `{exchange}`"),
             Dest::Nats { .. } => "a subject".to_string(),
+            Dest::Kafka { .. } => "a topic".to_string(),
         };
         let outbox = if self.outbox.is_some() {
             " (with outbox)"
@@ -328,6 +340,28 @@ impl Publish {
                     )));
                 }
                 Destination::Nats { subject: s }
+            }
+            Dest::Kafka { topic, key } => {
+                let t = topic
+                    .render(ctx, parts, &[], Place::Text)
+                    .map_err(|m| missing("topic", m))?;
+                let valid = !t.is_empty()
+                    && t.len() <= 249
+                    && t.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                if !valid {
+                    return Err(GatewayError::InvalidRequest(format!(
+                        "`{t}` is not a Kafka topic"
+                    )));
+                }
+                let key = match key {
+                    Some(k) => Some(
+                        k.render(ctx, parts, &[], Place::Text)
+                            .map_err(|m| missing("key", m))?,
+                    ),
+                    None => None,
+                };
+                Destination::Kafka { topic: t, key }
             }
         };
         let id = parts

@@ -148,7 +148,7 @@ fn explain_shows_the_grpc_method_a_rest_request_maps_to() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(
-        out.contains("target:   grpc `orders-grpc` (14 bindings)"),
+        out.contains("target:   grpc `orders-grpc` (15 bindings)"),
         "{out}"
     );
     assert!(

@@ -19,6 +19,8 @@ mod grpc;
 mod h1server;
 mod h2abuse;
 mod jwt;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod messaging;
 mod proxy;
 mod rate_limit;

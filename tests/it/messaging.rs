@@ -743,7 +743,7 @@ fn messaging_configs_that_cannot_work_are_refused_with_their_paths() {
     )
     .unwrap();
     assert!(
-        e.contains("brokers.b") && e.contains("exactly one of `amqp` or `nats`"),
+        e.contains("brokers.b") && e.contains("exactly one of `amqp`, `nats` or `kafka`"),
         "{e}"
     );
 }
