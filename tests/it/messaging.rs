@@ -23,6 +23,7 @@ use crate::faults::{Fault, FaultProxy};
 use crate::support::*;
 
 const AMQP: &str = "127.0.0.1:5672";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn unique(prefix: &str) -> String {
     format!("tp-{prefix}-{}", uuid::Uuid::now_v7().simple())
@@ -469,6 +470,7 @@ async fn a_full_outbox_is_a_503() {
 #[derive(Clone, Default)]
 struct Notifier {
     tries: Arc<Mutex<Vec<(String, String, String)>>>,
+    traceparents: Arc<Mutex<Vec<String>>>,
     active: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
 }
@@ -495,6 +497,7 @@ async fn notifier(fail: usize, pause: Duration) -> (Upstream, Notifier) {
                 t.push((id, h("x-delivery-attempt"), h("x-request-id")));
                 earlier
             };
+            n.traceparents.lock().unwrap().push(h("traceparent"));
             tokio::time::sleep(pause).await;
             n.active.fetch_sub(1, Ordering::SeqCst);
             let status = if earlier < fail { 500 } else { 204 };
@@ -520,6 +523,10 @@ async fn publish_raw(ch: &Channel, exchange: &str, key: &str, id: &str, body: &[
     headers.insert(
         ShortString::from("x-request-id"),
         AMQPValue::LongString(format!("rid-{id}").into()),
+    );
+    headers.insert(
+        ShortString::from("traceparent"),
+        AMQPValue::LongString(TRACEPARENT.into()),
     );
     ch.basic_publish(
         ShortString::from(exchange),
@@ -578,6 +585,14 @@ async fn a_service_that_fails_twice_gets_the_message_on_the_third_try() {
         tries.iter().all(|t| t.0 == "m-1" && t.2 == "rid-m-1"),
         "{tries:?}"
     );
+    assert!(
+        n.traceparents
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|t| t == TRACEPARENT),
+        "the message's traceparent travels on every try"
+    );
     assert_eq!(
         metric_value(
             &gw,
@@ -612,10 +627,11 @@ async fn a_service_that_always_fails_gets_the_message_dead_lettered_with_the_rea
         Some("order.paid")
     );
     assert_eq!(n.tries.lock().unwrap().len(), 3);
-    assert_eq!(
-        metric_value(&gw, "turnpike_subscription_deliveries_total{subscription=\"notify\",outcome=\"dead_lettered\"}"),
-        Some(1)
-    );
+    // Counted once the broker confirmed the copy, just after it reached the queue.
+    eventually(Duration::from_secs(5), "counted", || async {
+        (metric_value(&gw, "turnpike_subscription_deliveries_total{subscription=\"notify\",outcome=\"dead_lettered\"}") == Some(1)).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -995,5 +1011,49 @@ async fn subscriptions_follow_reloads_and_a_refused_declaration_does_not_crash_l
     assert_eq!(
         metric_value(&gw, "turnpike_broker_connected{broker=\"events\"}"),
         Some(1)
+    );
+}
+
+#[tokio::test]
+async fn quorum_queues_take_the_same_retries() {
+    let (_c, ch) = channel().await;
+    let (exchange, queue) = (unique("sub"), unique("quorum"));
+    let (up, n) = notifier(1, Duration::ZERO).await;
+    let yaml = subscription(&exchange, &queue, up.addr, 4).replace(
+        &format!("      dead_letter: {queue}.dlq\n"),
+        &format!("      dead_letter: {queue}.dlq\n      quorum: true\n"),
+    );
+    assert!(yaml.contains("quorum: true"));
+    let gw = gateway(&yaml).await;
+    consuming(&gw).await;
+    publish_raw(&ch, &exchange, "order.created", "q-1", b"q").await;
+    eventually(Duration::from_secs(10), "delivered", || async {
+        (metric_value(
+            &gw,
+            "turnpike_subscription_deliveries_total{subscription=\"notify\",outcome=\"delivered\"}",
+        ) == Some(1))
+        .then_some(())
+    })
+    .await;
+    assert_eq!(
+        n.tries.lock().unwrap().len(),
+        2,
+        "one retry through the quorum delay queue"
+    );
+    // The queue really is a quorum queue: a classic redeclaration is refused.
+    let (_c2, other) = channel().await;
+    let classic = other
+        .queue_declare(
+            ShortString::from(queue.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(
+        classic.is_err(),
+        "x-queue-type differs: PRECONDITION_FAILED"
     );
 }
