@@ -18,6 +18,7 @@ pub mod tls;
 pub mod units;
 pub mod upstream;
 pub mod validate;
+mod validate_brokers;
 mod validate_resilience;
 
 pub use compose::{CallSpec, ComposeSpec};

@@ -112,8 +112,8 @@ pub fn validate(spec: &GatewaySpec) -> Result<(), Problems> {
         r.check("redis", &mut p);
     }
     check_plans(spec, &mut p);
-    super::brokers::check_brokers(&spec.brokers, &mut p);
-    super::brokers::check_subscriptions(
+    super::validate_brokers::check_brokers(&spec.brokers, &mut p);
+    super::validate_brokers::check_subscriptions(
         &spec.subscriptions,
         &spec.brokers,
         &|u| spec.upstreams.contains_key(u),
@@ -570,7 +570,7 @@ fn check_route(
         );
     }
     if let Some(pb) = &r.publish {
-        super::brokers::check_publish(&format!("{path}.publish"), pb, &spec.brokers, p);
+        super::validate_brokers::check_publish(&format!("{path}.publish"), pb, &spec.brokers, p);
         for (set, field) in [
             (r.websocket, "websocket"),
             (r.rewrite.is_some(), "rewrite"),

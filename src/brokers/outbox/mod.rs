@@ -18,16 +18,21 @@
 //! cannot share it.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+mod files;
+mod relay;
+
+use files::{first_pos, read_cursor, recover, seg_path};
+
 use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-use super::{Link, Message, PublishError};
+use super::{Link, Message};
 use crate::config::brokers::{BackoffSpec, RetrySpec};
 use crate::config::Dur;
 
@@ -71,11 +76,6 @@ pub struct Outbox {
     retry: Mutex<RetrySpec>,
     wake: Notify,
     _lock: File,
-}
-
-/// Segment file name of `seg`.
-fn seg_path(dir: &Path, seg: u64) -> PathBuf {
-    dir.join(format!("{seg:016}.log"))
 }
 
 impl Outbox {
@@ -140,7 +140,10 @@ impl Outbox {
             .name("turnpike-outbox".into())
             .spawn(move || writer(weak, rx, end, segment_max))
             .map_err(|e| format!("cannot start the outbox writer: {e}"))?;
-        tokio::spawn(relay(Arc::downgrade(&outbox), cursor.max(first_pos(dir))));
+        tokio::spawn(relay::relay(
+            Arc::downgrade(&outbox),
+            cursor.max(first_pos(dir)),
+        ));
         if depth > 0 {
             tracing::info!(outbox = %dir.display(), messages = depth, "outbox holds undelivered messages; relaying them");
         }
@@ -186,112 +189,6 @@ impl Outbox {
     fn stats(&self) -> Option<Arc<crate::telemetry::broker_metrics::BrokerStats>> {
         self.link.load().as_ref().map(|l| l.stats().clone())
     }
-}
-
-fn read_cursor(dir: &Path) -> Pos {
-    let text = fs::read_to_string(dir.join("cursor")).unwrap_or_default();
-    let mut it = text.split_whitespace().map(|n| n.parse::<u64>().ok());
-    match (it.next().flatten(), it.next().flatten()) {
-        (Some(seg), Some(off)) => Pos { seg, off },
-        _ => Pos::default(),
-    }
-}
-
-fn write_cursor(dir: &Path, pos: Pos) -> std::io::Result<()> {
-    let tmp = dir.join("cursor.tmp");
-    let mut f = File::create(&tmp)?;
-    writeln!(f, "{} {}", pos.seg, pos.off)?;
-    f.sync_data()?;
-    fs::rename(&tmp, dir.join("cursor"))?;
-    File::open(dir)?.sync_all()
-}
-
-fn segments(dir: &Path) -> Vec<u64> {
-    let mut out: Vec<u64> = fs::read_dir(dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().into_string().ok()?;
-            name.strip_suffix(".log")?.parse().ok()
-        })
-        .collect();
-    out.sort_unstable();
-    out
-}
-
-fn first_pos(dir: &Path) -> Pos {
-    Pos {
-        seg: segments(dir).first().copied().unwrap_or(1),
-        off: 0,
-    }
-}
-
-/// Reads the frame at the reader's position: `None` at a clean end or a torn or
-/// corrupt frame.
-fn read_frame(r: &mut impl Read) -> Option<Vec<u8>> {
-    let mut head = [0u8; 8];
-    r.read_exact(&mut head).ok()?;
-    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
-    if len > MAX_FRAME {
-        return None;
-    }
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload).ok()?;
-    (crc32fast::hash(&payload) == crc).then_some(payload)
-}
-
-/// Scans from `cursor` to the end: cuts a torn tail off the last segment and counts
-/// what is left to relay. Returns the end position, messages and bytes.
-fn recover(dir: &Path, cursor: Pos) -> Result<(Pos, u64, u64), String> {
-    let segs = segments(dir);
-    let Some(&last) = segs.last() else {
-        return Ok((Pos { seg: 1, off: 0 }, 0, 0));
-    };
-    let (mut depth, mut bytes) = (0u64, 0u64);
-    let mut end = Pos { seg: last, off: 0 };
-    for &seg in &segs {
-        if seg < cursor.seg {
-            // Relayed before the crash, not yet deleted.
-            let _ = fs::remove_file(seg_path(dir, seg));
-            continue;
-        }
-        let path = seg_path(dir, seg);
-        let mut f =
-            File::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let start = if seg == cursor.seg {
-            cursor.off.min(len)
-        } else {
-            0
-        };
-        let mut reader = std::io::BufReader::new(&mut f);
-        let _ = reader.seek(SeekFrom::Start(start));
-        let mut off = start;
-        while let Some(payload) = read_frame(&mut reader) {
-            off += 8 + payload.len() as u64;
-            depth += 1;
-            bytes += 8 + payload.len() as u64;
-        }
-        if off < len {
-            if seg == last {
-                tracing::warn!(outbox = %dir.display(), segment = seg, "cutting a torn write off the outbox (its request was never answered)");
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| format!("cannot repair {}: {e}", path.display()))?;
-                f.set_len(off).map_err(|e| e.to_string())?;
-                f.sync_all().map_err(|e| e.to_string())?;
-            } else {
-                tracing::error!(outbox = %dir.display(), segment = seg, offset = off, "corrupt outbox segment; the rest of it is skipped");
-            }
-        }
-        if seg == last {
-            end = Pos { seg, off };
-        }
-    }
-    Ok((end, depth, bytes))
 }
 
 /// The writer thread: appends batches, syncs once per batch, answers, rotates.
@@ -388,159 +285,9 @@ fn writer(weak: Weak<Outbox>, mut rx: mpsc::Receiver<Append>, mut end: Pos, segm
     }
 }
 
-/// The relay task: publishes what the writer synced, in order, until the outbox closes.
-async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
-    let mut failures = 0u32;
-    loop {
-        let Some(outbox) = weak.upgrade() else { return };
-        let committed = outbox.committed.lock().map(|c| *c).unwrap_or(cursor);
-        let link = outbox.link.load_full();
-        let (Some(link), true) = (link, cursor < committed) else {
-            // Also wakes now and then, so a dropped outbox ends its relay.
-            let _ = tokio::time::timeout(Duration::from_secs(1), outbox.wake.notified()).await;
-            drop(outbox);
-            continue;
-        };
-        let dir = outbox.dir.clone();
-        let from = cursor;
-        let read = tokio::task::spawn_blocking(move || read_batch(&dir, from, committed)).await;
-        let Ok((messages, next_seg)) = read else {
-            return;
-        };
-        let retry = outbox.retry.lock().map(|r| *r).unwrap_or(RetrySpec {
-            attempts: 1,
-            backoff: BackoffSpec {
-                base: Dur::secs(1),
-                max: Dur::secs(1),
-            },
-        });
-        let mut relayed = 0u64;
-        let mut relayed_bytes = 0u64;
-        let mut stalled = false;
-        for (pos_after, n, m) in &messages {
-            let result = match m {
-                Ok(m) => link.publish(m, &retry).await,
-                Err(e) => {
-                    tracing::error!(outbox = %outbox.dir.display(), error = %e, "unreadable outbox record skipped");
-                    Ok(())
-                }
-            };
-            match result {
-                Ok(()) => {}
-                Err(PublishError::Unroutable(reason)) => {
-                    if let Ok(m) = m {
-                        park_unroutable(&outbox.dir, m, &reason);
-                    }
-                }
-                Err(e) => {
-                    if failures == 0 {
-                        tracing::warn!(outbox = %outbox.dir.display(), error = %e, "cannot relay outbox messages yet; retrying with backoff");
-                    }
-                    stalled = true;
-                    break;
-                }
-            }
-            cursor = *pos_after;
-            relayed += 1;
-            relayed_bytes += n;
-        }
-        if messages.is_empty() {
-            if let Some(seg) = next_seg {
-                cursor = Pos { seg, off: 0 };
-            }
-        }
-        if relayed > 0 || messages.is_empty() {
-            let dir = outbox.dir.clone();
-            let at = cursor;
-            let _ = tokio::task::spawn_blocking(move || {
-                if write_cursor(&dir, at).is_ok() {
-                    for seg in segments(&dir) {
-                        if seg < at.seg {
-                            let _ = fs::remove_file(seg_path(&dir, seg));
-                        }
-                    }
-                }
-            })
-            .await;
-            outbox.depth.fetch_sub(relayed, Ordering::AcqRel);
-            outbox.bytes.fetch_sub(relayed_bytes, Ordering::AcqRel);
-            let s = link.stats();
-            s.outbox_relayed.add(relayed);
-            s.outbox_depth.add(-(relayed as i64));
-            s.outbox_bytes.add(-(relayed_bytes as i64));
-        }
-        if stalled {
-            failures += 1;
-            let wait = BackoffSpec {
-                base: Dur(Duration::from_millis(100)),
-                max: Dur::secs(5),
-            }
-            .delay(failures);
-            drop(outbox);
-            tokio::time::sleep(super::jitter(wait)).await;
-        } else {
-            if failures > 0 {
-                tracing::info!(outbox = %outbox.dir.display(), "relaying outbox messages again");
-            }
-            failures = 0;
-        }
-    }
-}
-
-type Read3 = (Pos, u64, Result<Message, String>);
-
-/// Up to [`RELAY_BATCH`] messages from `from` (not past `end`), each with the position
-/// after it and its size; at the end of a segment that is not the last, the next one.
-fn read_batch(dir: &Path, from: Pos, end: Pos) -> (Vec<Read3>, Option<u64>) {
-    let mut out = Vec::new();
-    let Ok(mut f) = File::open(seg_path(dir, from.seg)) else {
-        // A missing segment: go on with the next one that exists.
-        let next = segments(dir).into_iter().find(|&s| s > from.seg);
-        return (out, next.or((from.seg < end.seg).then_some(end.seg)));
-    };
-    let limit = if from.seg == end.seg {
-        end.off
-    } else {
-        f.metadata().map(|m| m.len()).unwrap_or(0)
-    };
-    if f.seek(SeekFrom::Start(from.off)).is_err() {
-        return (out, None);
-    }
-    let mut reader = std::io::BufReader::new(f);
-    let mut off = from.off;
-    while out.len() < RELAY_BATCH && off < limit {
-        let Some(payload) = read_frame(&mut reader) else {
-            // Corrupt in a finished segment: skip to its end.
-            off = limit;
-            break;
-        };
-        let n = 8 + payload.len() as u64;
-        off += n;
-        out.push((Pos { seg: from.seg, off }, n, Message::decode(&payload)));
-    }
-    let next = (off >= limit && from.seg < end.seg).then_some(from.seg + 1);
-    (out, next)
-}
-
-/// Keeps a message no queue takes, for an operator to look at.
-fn park_unroutable(dir: &Path, m: &Message, reason: &str) {
-    tracing::error!(outbox = %dir.display(), message_id = %m.id, key = %m.key(), %reason, "outbox message is unroutable; kept in unroutable.log");
-    let line = serde_json::json!({"reason": reason, "message": m});
-    let written = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("unroutable.log"))
-        .and_then(|mut f| {
-            writeln!(f, "{line}")?;
-            f.sync_data()
-        });
-    if let Err(e) = written {
-        tracing::error!(outbox = %dir.display(), error = %e, "cannot write unroutable.log");
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use super::files::read_batch;
     use super::*;
     use crate::brokers::message::Destination;
 

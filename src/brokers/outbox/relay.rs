@@ -1,0 +1,132 @@
+//! The relay: publishes what the writer synced, in order, with confirms; moves the
+//! cursor and deletes passed segments; parks unroutable messages; backs off while the
+//! broker cannot take messages.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Weak;
+use std::time::Duration;
+
+use super::files::{read_batch, seg_path, segments, write_cursor};
+use super::{Outbox, Pos};
+use crate::brokers::{Message, PublishError};
+use crate::config::brokers::{BackoffSpec, RetrySpec};
+use crate::config::Dur;
+
+/// The relay task: publishes what the writer synced, in order, until the outbox closes.
+pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
+    let mut failures = 0u32;
+    loop {
+        let Some(outbox) = weak.upgrade() else { return };
+        let committed = outbox.committed.lock().map(|c| *c).unwrap_or(cursor);
+        let link = outbox.link.load_full();
+        let (Some(link), true) = (link, cursor < committed) else {
+            // Also wakes now and then, so a dropped outbox ends its relay.
+            let _ = tokio::time::timeout(Duration::from_secs(1), outbox.wake.notified()).await;
+            drop(outbox);
+            continue;
+        };
+        let dir = outbox.dir.clone();
+        let from = cursor;
+        let read = tokio::task::spawn_blocking(move || read_batch(&dir, from, committed)).await;
+        let Ok((messages, next_seg)) = read else {
+            return;
+        };
+        let retry = outbox.retry.lock().map(|r| *r).unwrap_or(RetrySpec {
+            attempts: 1,
+            backoff: BackoffSpec {
+                base: Dur::secs(1),
+                max: Dur::secs(1),
+            },
+        });
+        let mut relayed = 0u64;
+        let mut relayed_bytes = 0u64;
+        let mut stalled = false;
+        for (pos_after, n, m) in &messages {
+            let result = match m {
+                Ok(m) => link.publish(m, &retry).await,
+                Err(e) => {
+                    tracing::error!(outbox = %outbox.dir.display(), error = %e, "unreadable outbox record skipped");
+                    Ok(())
+                }
+            };
+            match result {
+                Ok(()) => {}
+                Err(PublishError::Unroutable(reason)) => {
+                    if let Ok(m) = m {
+                        park_unroutable(&outbox.dir, m, &reason);
+                    }
+                }
+                Err(e) => {
+                    if failures == 0 {
+                        tracing::warn!(outbox = %outbox.dir.display(), error = %e, "cannot relay outbox messages yet; retrying with backoff");
+                    }
+                    stalled = true;
+                    break;
+                }
+            }
+            cursor = *pos_after;
+            relayed += 1;
+            relayed_bytes += n;
+        }
+        if messages.is_empty() {
+            if let Some(seg) = next_seg {
+                cursor = Pos { seg, off: 0 };
+            }
+        }
+        if relayed > 0 || messages.is_empty() {
+            let dir = outbox.dir.clone();
+            let at = cursor;
+            let _ = tokio::task::spawn_blocking(move || {
+                if write_cursor(&dir, at).is_ok() {
+                    for seg in segments(&dir) {
+                        if seg < at.seg {
+                            let _ = fs::remove_file(seg_path(&dir, seg));
+                        }
+                    }
+                }
+            })
+            .await;
+            outbox.depth.fetch_sub(relayed, Ordering::AcqRel);
+            outbox.bytes.fetch_sub(relayed_bytes, Ordering::AcqRel);
+            let s = link.stats();
+            s.outbox_relayed.add(relayed);
+            s.outbox_depth.add(-(relayed as i64));
+            s.outbox_bytes.add(-(relayed_bytes as i64));
+        }
+        if stalled {
+            failures += 1;
+            let wait = BackoffSpec {
+                base: Dur(Duration::from_millis(100)),
+                max: Dur::secs(5),
+            }
+            .delay(failures);
+            drop(outbox);
+            tokio::time::sleep(crate::brokers::jitter(wait)).await;
+        } else {
+            if failures > 0 {
+                tracing::info!(outbox = %outbox.dir.display(), "relaying outbox messages again");
+            }
+            failures = 0;
+        }
+    }
+}
+
+/// Keeps a message no queue takes, for an operator to look at.
+fn park_unroutable(dir: &Path, m: &Message, reason: &str) {
+    tracing::error!(outbox = %dir.display(), message_id = %m.id, key = %m.key(), %reason, "outbox message is unroutable; kept in unroutable.log");
+    let line = serde_json::json!({"reason": reason, "message": m});
+    let written = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("unroutable.log"))
+        .and_then(|mut f| {
+            writeln!(f, "{line}")?;
+            f.sync_data()
+        });
+    if let Err(e) = written {
+        tracing::error!(outbox = %dir.display(), error = %e, "cannot write unroutable.log");
+    }
+}
