@@ -232,12 +232,15 @@ impl Publish {
     /// Publishes the request and answers.
     pub async fn call(&self, ctx: &mut RequestCtx, req: Request) -> Result<Response, GatewayError> {
         let (parts, body) = req.into_parts();
-        let body = super::compose::read_capped(body, &parts.headers, self.max_body)
-            .await
-            .map_err(|e| match e {
-                "too_large" => GatewayError::PayloadTooLarge,
-                _ => GatewayError::BadRequest("the request body could not be read"),
-            })?;
+        let declared = parts
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body) {
+            return Err(GatewayError::PayloadTooLarge);
+        }
+        // Over the route's limit is a 413 too, a stalled body a 408.
+        let body = super::grpc::read_all(body, self.max_body).await?;
         let message = self.message(ctx, &parts, body)?;
         let results = [Some(Value::String(message.id.clone()))];
         // The broker's time is this route's upstream time (access log, and the server

@@ -263,6 +263,17 @@ async fn an_unroutable_message_is_a_502_and_an_oversized_body_a_413() {
     let r = send(post(&format!("{base}/lost"), &"x".repeat(2000), &[])).await;
     assert_eq!(r.status, 413);
     assert_eq!(r.error_code(), "payload_too_large");
+    // Chunked, so no declared length: refused when it grows past the limit.
+    let chunks = futures_util::stream::iter((0..4).map(|_| {
+        Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(Bytes::from(vec![b'y'; 600])))
+    }));
+    let req = Request::post(format!("{base}/lost"))
+        .body(http_body_util::StreamBody::new(chunks))
+        .unwrap();
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http();
+    let resp = client.request(req).await.unwrap();
+    assert_eq!(resp.status(), 413, "a chunked body past max_body");
     assert_eq!(
         metric_value(&gw, "turnpike_broker_published_total{broker=\"events\"}"),
         published,

@@ -395,7 +395,7 @@ fn invalid(message: String) -> GatewayError {
 }
 
 /// Reads a request body up to `cap` bytes.
-async fn read_all(mut body: Body, cap: u64) -> Result<Bytes, GatewayError> {
+pub(crate) async fn read_all(mut body: Body, cap: u64) -> Result<Bytes, GatewayError> {
     use http_body_util::BodyExt;
     let mut buf = BytesMut::new();
     while let Some(frame) = body.frame().await {
