@@ -238,11 +238,13 @@ async fn run(weak: Weak<AmqpLink>) {
                 link.generation.send_modify(|g| *g += 1);
                 let reason = watch_live(&link, &live, &weak).await;
                 link.live.store(None);
-                link.stats.connected.set(0);
                 if weak.strong_count() <= 1 {
+                    // Replaced or removed by a reload: the counters are the broker's
+                    // name's, and a successor may be connected under them.
                     let _ = live.conn.close(200, ShortString::from("bye")).await;
                     return;
                 }
+                link.stats.connected.set(0);
                 link.stats.reconnects.inc();
                 tracing::warn!(broker = %link.name, target = %link.target, %reason, "broker connection lost; reconnecting");
                 link.spec.reconnect.base.0

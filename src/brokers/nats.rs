@@ -122,15 +122,20 @@ fn js_error(e: jetstream::context::PublishError) -> PublishError {
 async fn connect(weak: Weak<NatsLink>) {
     let Some(link) = weak.upgrade() else { return };
     let name = link.name.clone();
-    let stats = link.stats.clone();
-    let events = stats.clone();
+    let events = link.stats.clone();
+    let alive = weak.clone();
     let options = async_nats::ConnectOptions::new()
         .retry_on_initial_connect()
         .connection_timeout(link.spec.connect_timeout.0)
         .max_reconnects(None)
         .event_callback(move |ev| {
             let stats = events.clone();
+            // A link a reload replaced says nothing: its successor owns the counters.
+            let current = alive.strong_count() > 0;
             async move {
+                if !current {
+                    return;
+                }
                 match ev {
                     async_nats::Event::Connected => stats.connected.set(1),
                     async_nats::Event::Disconnected => {

@@ -31,6 +31,7 @@ pub struct FaultProxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     fault: Arc<watch::Sender<Fault>>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     _task: tokio::task::JoinHandle<()>,
 }
 
@@ -41,8 +42,11 @@ impl FaultProxy {
         let addr = listener.local_addr().unwrap();
         let fault = Arc::new(watch::channel(Fault::Pass).0);
         let f = fault.clone();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = accepted.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let rx = f.subscribe();
                 tokio::spawn(serve(client, target, rx));
             }
@@ -50,8 +54,14 @@ impl FaultProxy {
         Self {
             addr,
             fault,
+            accepted,
             _task: task,
         }
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Changes the fault, for connections open now and later.

@@ -1068,3 +1068,55 @@ async fn quorum_queues_take_the_same_retries() {
         "x-queue-type differs: PRECONDITION_FAILED"
     );
 }
+
+#[tokio::test]
+async fn a_reload_keeps_an_unchanged_broker_connection_and_replaces_a_changed_one() {
+    let proxy = FaultProxy::start(AMQP.parse::<SocketAddr>().unwrap()).await;
+    let (_c, ch) = channel().await;
+    let exchange = unique("reload");
+    let queue = bound_queue(&ch, &exchange, "k", FieldTable::default()).await;
+    let routes = format!(
+        "  - name: p\n    match: {{path: /p}}\n    publish: {{broker: events, exchange: {exchange}, routing_key: k}}\n"
+    );
+    let yaml = config(&proxy.addr.to_string(), &routes, "");
+    let gw = gateway(&yaml).await;
+    connected(&gw).await;
+    let base = url(&gw, "public");
+    let load = |y: &str| turnpike::config::load_str(y, std::path::Path::new(".")).unwrap();
+    for i in 0..3 {
+        gw.runtime().apply(load(&yaml)).await.unwrap();
+        let r = send(post(&format!("{base}/p"), &format!("same-{i}"), &[])).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    assert_eq!(proxy.accepted(), 1, "the same connection across reloads");
+    // Another broker spec: a new connection; the old one is closed, and the gauge is the
+    // new one's.
+    let changed = yaml.replace("confirm_timeout: 500ms", "confirm_timeout: 700ms");
+    assert_ne!(changed, yaml);
+    gw.runtime().apply(load(&changed)).await.unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "published on the new connection",
+        || async {
+            (send(post(&format!("{base}/p"), "changed", &[]))
+                .await
+                .status
+                == 202)
+                .then_some(())
+        },
+    )
+    .await;
+    assert_eq!(proxy.accepted(), 2);
+    // The replaced link's task ends (it polls for that every second) without resetting
+    // the gauge its successor set.
+    let settled = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < settled {
+        assert_eq!(
+            metric_value(&gw, "turnpike_broker_connected{broker=\"events\"}"),
+            Some(1)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got = take(&ch, &queue, 4, Duration::from_secs(5)).await;
+    assert!(got.len() >= 4);
+}
