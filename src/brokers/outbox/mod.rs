@@ -191,6 +191,18 @@ impl Outbox {
     }
 }
 
+/// Opens segment `seg` for appending; a new one's directory entry is synced too, so that
+/// a power loss cannot take the file (and the messages synced into it) away.
+fn open_segment(dir: &Path, seg: u64) -> std::io::Result<File> {
+    let path = seg_path(dir, seg);
+    let existed = path.exists();
+    let f = OpenOptions::new().create(true).append(true).open(&path)?;
+    if !existed {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(f)
+}
+
 /// The writer thread: appends batches, syncs once per batch, answers, rotates.
 fn writer(weak: Weak<Outbox>, mut rx: mpsc::Receiver<Append>, mut end: Pos, segment_max: u64) {
     let Some(dir) = weak.upgrade().map(|o| o.dir.clone()) else {
@@ -215,10 +227,7 @@ fn writer(weak: Weak<Outbox>, mut rx: mpsc::Receiver<Append>, mut end: Pos, segm
         }
         let f = match file.take() {
             Some(f) => Ok(f),
-            None => OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(seg_path(&dir, end.seg)),
+            None => open_segment(&dir, end.seg),
         };
         let mut f = match f {
             Ok(f) => f,
