@@ -556,14 +556,17 @@ def w7(args, proxies):
     ch.queue_declare("turnpike-bench", durable=True, arguments={"x-max-length": 200000})
     ch.queue_purge("turnpike-bench")
     upstream = proxies.start_upstream()
-    proc = spawn(proxies.turnpike_cmd(ROOT / "bench" / "turnpike-w7.yaml"), PROXY_CORE, env=proxies.turnpike_env())
+    outbox = proxies.tmp / "outbox"
+    env = proxies.turnpike_env()
+    env["BENCH_OUTBOX"] = str(outbox)
+    proc = spawn(proxies.turnpike_cmd(ROOT / "bench" / "turnpike-w7.yaml"), PROXY_CORE, env=env)
     wait_port(PORTS["turnpike"], timeout=120)
     proxies.procs["turnpike-w7"] = proc
     port = PORTS["turnpike"]
     script = proxies.tmp / "post.lua"
     script.write_text('wrk.method = "POST"\nwrk.body = \'{"order":"o-1","sku":"book-17","quantity":2}\'\n'
                       'wrk.headers["Content-Type"] = "application/json"\n')
-    for path, want in (("/proxy", 200), ("/publish", 202)):
+    for path, want in (("/proxy", 200), ("/publish", 202), ("/outbox", 202)):
         deadline = time.time() + 20
         while True:
             req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=b"{}", method="POST")
@@ -580,7 +583,7 @@ def w7(args, proxies):
     rounds = []
     for r in range(args.rounds):
         row = {}
-        for mode in ("proxy", "publish"):
+        for mode in ("proxy", "publish", "outbox"):
             run_wrk(port, args.warmup, path=f"/{mode}", script=script)
             b = (cpu_ticks(proc.pid), cpu_ticks(rpid) if rpid else 0, cpu_ticks(upstream.pid))
             requests, errors, non2xx, rps, _ = run_wrk(port, args.duration, path=f"/{mode}", script=script)
@@ -592,10 +595,12 @@ def w7(args, proxies):
                          "upstream_us_per_req": (a[2] - b[2]) / TICKS * 1e6 / n}
         ch.queue_purge("turnpike-bench")
         row["ratio"] = row["publish"]["cpu_us_per_req"] / row["proxy"]["cpu_us_per_req"]
-        row["kept"] = all(row[m]["errors"] == 0 and row[m]["non2xx"] == 0 for m in ("proxy", "publish"))
+        row["outbox_ratio"] = row["outbox"]["cpu_us_per_req"] / row["proxy"]["cpu_us_per_req"]
+        row["kept"] = all(row[m]["errors"] == 0 and row[m]["non2xx"] == 0 for m in ("proxy", "publish", "outbox"))
         log(f"W7 round {r + 1}: proxy {row['proxy']['cpu_us_per_req']:.2f}us {row['proxy']['rps']:.0f}/s, "
             f"publish {row['publish']['cpu_us_per_req']:.2f}us {row['publish']['rps']:.0f}/s "
-            f"(RabbitMQ {row['publish']['broker_us_per_req']:.2f}us), ratio {row['ratio']:.2f}"
+            f"(RabbitMQ {row['publish']['broker_us_per_req']:.2f}us), ratio {row['ratio']:.2f}, "
+            f"outbox {row['outbox']['cpu_us_per_req']:.2f}us {row['outbox']['rps']:.0f}/s"
             + ("" if row["kept"] else " [discarded]"))
         rounds.append(row)
     proxies.stop_all()
@@ -608,6 +613,9 @@ def w7(args, proxies):
             "broker_us": med(lambda r: r["publish"]["broker_us_per_req"]),
             "proxy_rps": med(lambda r: r["proxy"]["rps"]),
             "publish_rps": med(lambda r: r["publish"]["rps"]),
+            "outbox_us": med(lambda r: r["outbox"]["cpu_us_per_req"]),
+            "outbox_rps": med(lambda r: r["outbox"]["rps"]),
+            "outbox_ratio": med(lambda r: r["outbox_ratio"]),
             "ratio": med(lambda r: r["ratio"])}
 
 
@@ -887,8 +895,10 @@ def report(results):
                   "| | turnpike CPU µs/request (median) | requests/s (median) |", "|---|---|---|",
                   f"| proxied to the HTTP upstream | {w['proxy_us']:.2f} | {w['proxy_rps']:.0f} |",
                   f"| published, confirmed (persistent, mandatory, durable queue) | {w['publish_us']:.2f} | {w['publish_rps']:.0f} |",
+                  f"| kept in the outbox, broker down (fdatasync per batch) | {w['outbox_us']:.2f} | {w['outbox_rps']:.0f} |",
                   "", f"RabbitMQ's own CPU per published message: {w['broker_us']:.2f} µs.", "",
-                  f"**Published / proxied, turnpike CPU per request (paired, median): {w['ratio']:.2f}.**", ""]
+                  f"**Published / proxied, turnpike CPU per request (paired, median): {w['ratio']:.2f}; "
+                  f"outbox / proxied: {w['outbox_ratio']:.2f}.**", ""]
     if "w4" in results:
         m = results["w4"]
         lines += ["## W4: memory", "| | turnpike | nginx |", "|---|---|---|",
