@@ -1120,3 +1120,36 @@ async fn a_reload_keeps_an_unchanged_broker_connection_and_replaces_a_changed_on
     let got = take(&ch, &queue, 4, Duration::from_secs(5)).await;
     assert!(got.len() >= 4);
 }
+
+#[tokio::test]
+async fn priority_expiration_and_the_consumer_travel_with_the_message() {
+    let (_c, ch) = channel().await;
+    let exchange = unique("props");
+    let queue = bound_queue(&ch, &exchange, "k", FieldTable::default()).await;
+    let yaml = format!(
+        "listeners:\n  - {{name: public, address: \"127.0.0.1:0\"}}\n{}consumers:\n  - {{name: acme, api_keys: [\"acme-demo-key-0001\"]}}\nroutes:\n  - name: p\n    match: {{path: /p}}\n    policies: [{{type: api_key}}]\n    publish: {{broker: events, exchange: {exchange}, routing_key: k, priority: 7, expiration: 90s, persistent: false, respond: {{status: 201, headers: {{x-message: \"${{message_id}}\"}}, body: \"queued ${{message_id}}\"}}}}\n",
+        broker(AMQP, "")
+    );
+    let gw = gateway(&yaml).await;
+    connected(&gw).await;
+    let r = send(post(
+        &format!("{}/p", url(&gw, "public")),
+        "x",
+        &[
+            ("x-api-key", "acme-demo-key-0001"),
+            ("idempotency-key", "k-9"),
+        ],
+    ))
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.header("x-message"), Some("k-9"));
+    assert_eq!(r.body, b"queued k-9".as_slice());
+    assert_eq!(r.header("content-type"), Some("text/plain; charset=utf-8"));
+    let got = take(&ch, &queue, 1, Duration::from_secs(5)).await;
+    let p = &got[0].properties;
+    assert_eq!(*p.priority(), Some(7));
+    assert_eq!(p.expiration().as_ref().map(|e| e.as_str()), Some("90000"));
+    assert_eq!(*p.delivery_mode(), None, "persistent: false");
+    assert_eq!(header(&got[0], "x-consumer").as_deref(), Some("acme"));
+    assert_eq!(p.app_id().as_ref().map(|a| a.as_str()), Some("turnpike"));
+}
