@@ -85,7 +85,7 @@ async fn create_topic(addr: SocketAddr, topic: &str) {
     assert!(r.iter().all(|t| t.is_ok()), "{r:?}");
 }
 
-/// Reads `n` records of partition 0 of `topic` from the start.
+/// Reads `n` records of `topic` from the start of its partitions.
 fn read(addr: SocketAddr, topic: &str, n: usize) -> Vec<rdkafka::message::OwnedMessage> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", addr.to_string())
@@ -93,9 +93,18 @@ fn read(addr: SocketAddr, topic: &str, n: usize) -> Vec<rdkafka::message::OwnedM
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning)
+    // Every partition of the topic (a record without a key lands on any of them).
+    let meta = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
         .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for t in meta.topics() {
+        for part in t.partitions() {
+            tpl.add_partition_offset(topic, part.id(), Offset::Beginning)
+                .unwrap();
+        }
+    }
+    assert!(tpl.count() > 0, "{topic} has partitions");
     consumer.assign(&tpl).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut out = Vec::new();
