@@ -1,12 +1,13 @@
 //! The RabbitMQ connection of one `brokers.NAME.amqp` block (lapin).
 //!
-//! A background task connects, opens one publishing channel in confirm mode, and then
-//! watches the connection: on an error event, a closed connection or a closed channel it
-//! drops them and connects again after a backoff (doubling from `reconnect.base` up to
-//! `reconnect.max`, with jitter: never a hot loop). A channel closed by the broker
-//! (publishing to an exchange that does not exist, say) is reopened on the same
-//! connection. The heartbeat (`heartbeat`) makes a silent broker an error within about
-//! twice its period.
+//! A background task connects and then watches the connection: on an error event or a
+//! closed connection it connects again after a backoff (doubling from `reconnect.base`
+//! up to `reconnect.max`, with jitter: never a hot loop). Publishing uses a pool of
+//! channels in confirm mode, each carrying one publish at a time (so a `basic.return` is
+//! always the return of that publish), opened when first used; a channel the broker
+//! closes (publishing to an exchange that does not exist, say) or one whose confirm did
+//! not come in time is dropped and replaced on next use. The heartbeat (`heartbeat`)
+//! makes a silent broker an error within about twice its period.
 //!
 //! Publishing never waits for a connection: not connected is a [`PublishError`] at once;
 //! `connection.blocked` (a memory or disk alarm) is refused at once too, since a blocked
@@ -36,11 +37,40 @@ use crate::telemetry::broker_metrics::BrokerStats;
 /// reacting to their events.
 const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// An open connection with its publishing channel.
+/// Publishing channels per connection. Each carries one publish at a time: lapin hands a
+/// `basic.return` to whichever confirm resolves next, so with two mandatory publishes in
+/// flight on one channel a return could be reported for the wrong message.
+const CHANNELS: usize = 32;
+
+/// An open connection with its publishing channels (opened when first used).
 pub struct Live {
     /// The connection (subscriptions open their own channels on it).
     pub conn: Connection,
-    channel: ArcSwapOption<Channel>,
+    channels: Vec<tokio::sync::Mutex<Option<Channel>>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Live {
+    /// A publishing channel of this connection, held alone until the guard is dropped.
+    async fn channel(&self) -> tokio::sync::MutexGuard<'_, Option<Channel>> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..self.channels.len() {
+            if let Ok(g) = self.channels[(start + i) % self.channels.len()].try_lock() {
+                return g;
+            }
+        }
+        self.channels[start % self.channels.len()].lock().await
+    }
+}
+
+/// `s` as an AMQP short string (at most 255 bytes).
+pub(crate) fn short(s: &str) -> Result<ShortString, PublishError> {
+    ShortString::try_new(s).map_err(|_| {
+        PublishError::Unroutable(format!(
+            "`{}...` is over 255 bytes",
+            s.chars().take(32).collect::<String>()
+        ))
+    })
 }
 
 /// The connection to one RabbitMQ broker.
@@ -114,32 +144,41 @@ impl AmqpLink {
             self.stats.blocked_refusals.inc();
             return Err(PublishError::Blocked);
         }
-        let Some(channel) = live.channel.load_full().filter(|c| c.status().connected()) else {
-            self.wake.notify_one();
-            return Err(PublishError::Unavailable("channel reopening".into()));
-        };
+        let (exchange, routing_key, props) =
+            (short(exchange)?, short(routing_key)?, properties(m)?);
         let options = BasicPublishOptions {
             mandatory: *mandatory,
             immediate: false,
         };
+        let deadline = tokio::time::Instant::now() + self.spec.confirm_timeout.0;
+        let Ok(mut slot) = tokio::time::timeout_at(deadline, live.channel()).await else {
+            return Err(PublishError::Timeout);
+        };
+        if slot.as_ref().is_none_or(|c| !c.status().connected()) {
+            *slot = None;
+            match tokio::time::timeout_at(deadline, publishing_channel(&live.conn)).await {
+                Ok(Ok(c)) => *slot = Some(c),
+                Ok(Err(e)) => {
+                    self.wake.notify_one();
+                    return Err(PublishError::Unavailable(format!(
+                        "cannot open a channel: {e}"
+                    )));
+                }
+                Err(_) => return Err(PublishError::Timeout),
+            }
+        }
+        let Some(channel) = slot.as_ref() else {
+            return Err(PublishError::Unavailable("no channel".into()));
+        };
         let sent = async {
             channel
-                .basic_publish(
-                    ShortString::from(exchange.as_str()),
-                    ShortString::from(routing_key.as_str()),
-                    options,
-                    &m.body,
-                    properties(m),
-                )
+                .basic_publish(exchange, routing_key, options, &m.body, props)
                 .await?
                 .await
         };
-        match tokio::time::timeout(self.spec.confirm_timeout.0, sent).await {
+        let result = match tokio::time::timeout_at(deadline, sent).await {
             Err(_) => Err(PublishError::Timeout),
-            Ok(Err(e)) => {
-                self.wake.notify_one();
-                Err(PublishError::Closed(e.to_string()))
-            }
+            Ok(Err(e)) => Err(closed(&e)),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r)))) => Err(
                 PublishError::Unroutable(format!("{} {}", r.reply_code, r.reply_text.as_str())),
@@ -148,7 +187,18 @@ impl AmqpLink {
             Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Closed(
                 "the channel is not in confirm mode".into(),
             )),
+        };
+        if matches!(result, Err(PublishError::Timeout | PublishError::Closed(_)))
+            || !channel.status().connected()
+        {
+            // A confirm still owed, or a failed channel: never reused (dropping closes it).
+            *slot = None;
+            if let Err(PublishError::Closed(e)) = &result {
+                self.stats.channel_reopens.inc();
+                tracing::warn!(broker = %self.name, error = %e, "publishing channel failed; a new one is opened on next use");
+            }
         }
+        result
     }
 
     async fn connect(&self) -> Result<Live, String> {
@@ -164,12 +214,30 @@ impl AmqpLink {
         .await
         .map_err(|_| "connecting timed out".to_string())?
         .map_err(|e| e.to_string())?;
-        let channel = publishing_channel(&conn).await?;
         Ok(Live {
             conn,
-            channel: ArcSwapOption::from_pointee(channel),
+            channels: (0..CHANNELS)
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
         })
     }
+}
+
+/// A channel the broker closed: a missing exchange (404) or a refused permission (403)
+/// will not heal by waiting, so the message is unroutable (502; the outbox parks it);
+/// anything else is a transient failure.
+fn closed(e: &lapin::Error) -> PublishError {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    if let lapin::ErrorKind::ProtocolError(amqp) = e.kind() {
+        if matches!(
+            amqp.kind(),
+            AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND | AMQPSoftError::ACCESSREFUSED)
+        ) {
+            return PublishError::Unroutable(e.to_string());
+        }
+    }
+    PublishError::Closed(e.to_string())
 }
 
 async fn publishing_channel(conn: &Connection) -> Result<Channel, String> {
@@ -181,23 +249,23 @@ async fn publishing_channel(conn: &Connection) -> Result<Channel, String> {
     Ok(channel)
 }
 
-/// The AMQP properties of `m`.
-fn properties(m: &Message) -> BasicProperties {
+/// The AMQP properties of `m`; a value too long for AMQP makes the message unroutable.
+fn properties(m: &Message) -> Result<BasicProperties, PublishError> {
     let mut headers = FieldTable::default();
     for (k, v) in &m.headers {
         headers.insert(
-            ShortString::from(k.as_str()),
+            short(k)?,
             AMQPValue::LongString(LongString::from(v.as_bytes())),
         );
     }
     let mut p = BasicProperties::default()
-        .with_message_id(ShortString::from(m.id.as_str()))
-        .with_correlation_id(ShortString::from(m.correlation_id.as_str()))
+        .with_message_id(short(&m.id)?)
+        .with_correlation_id(short(&m.correlation_id)?)
         .with_timestamp(m.timestamp)
         .with_app_id(ShortString::from("turnpike"))
         .with_headers(headers);
     if let Some(ct) = &m.content_type {
-        p = p.with_content_type(ShortString::from(ct.as_str()));
+        p = p.with_content_type(short(ct)?);
     }
     if let Destination::Amqp {
         persistent,
@@ -216,7 +284,7 @@ fn properties(m: &Message) -> BasicProperties {
             p = p.with_expiration(ShortString::from(ms.to_string()));
         }
     }
-    p
+    Ok(p)
 }
 
 /// Connects, watches, reconnects, until no snapshot holds the link.
@@ -265,11 +333,10 @@ async fn run(weak: Weak<AmqpLink>) {
     }
 }
 
-/// Waits until the connection fails (or nobody holds the link); reopens a closed
-/// publishing channel in place. Returns why it stopped.
+/// Waits until the connection fails (or nobody holds the link), following
+/// `connection.blocked`. Returns why it stopped.
 async fn watch_live(link: &AmqpLink, live: &Live, weak: &Weak<AmqpLink>) -> String {
     let mut events = live.conn.events_listener();
-    let mut reopen_failures = 0u32;
     let mut last_error = String::from("connection closed");
     loop {
         tokio::select! {
@@ -298,29 +365,6 @@ async fn watch_live(link: &AmqpLink, live: &Live, weak: &Weak<AmqpLink>) -> Stri
             return last_error;
         }
         link.stats.blocked.set(i64::from(status.blocked()));
-        let channel_ok = live
-            .channel
-            .load()
-            .as_ref()
-            .is_some_and(|c| c.status().connected());
-        if !channel_ok {
-            live.channel.store(None);
-            match publishing_channel(&live.conn).await {
-                Ok(c) => {
-                    reopen_failures = 0;
-                    link.stats.channel_reopens.inc();
-                    tracing::info!(broker = %link.name, "publishing channel reopened");
-                    live.channel.store(Some(Arc::new(c)));
-                }
-                Err(e) => {
-                    reopen_failures += 1;
-                    if reopen_failures >= 3 {
-                        return format!("cannot reopen the channel: {e}");
-                    }
-                    tokio::time::sleep(link.spec.reconnect.delay(reopen_failures)).await;
-                }
-            }
-        }
     }
 }
 

@@ -26,6 +26,8 @@ pub struct NatsLink {
     spec: NatsSpec,
     client: OnceLock<(async_nats::Client, jetstream::Context)>,
     started: AtomicBool,
+    /// The configured streams exist (until then a missing stream is not unroutable).
+    streams_ready: AtomicBool,
     /// Counters.
     pub stats: Arc<BrokerStats>,
 }
@@ -33,11 +35,13 @@ pub struct NatsLink {
 impl NatsLink {
     /// A link that is not connected yet.
     pub fn new(name: &str, spec: NatsSpec, stats: Arc<BrokerStats>) -> Self {
+        let no_streams = spec.streams.is_empty();
         Self {
             name: Arc::from(name),
             spec,
             client: OnceLock::new(),
             started: AtomicBool::new(false),
+            streams_ready: AtomicBool::new(no_streams),
             stats,
         }
     }
@@ -101,6 +105,11 @@ impl NatsLink {
         };
         match tokio::time::timeout(deadline, acked).await {
             Err(_) => Err(PublishError::Timeout),
+            Ok(Err(PublishError::Unroutable(_))) if !self.streams_ready.load(Ordering::Acquire) => {
+                Err(PublishError::Unavailable(
+                    "the configured streams are not created yet".into(),
+                ))
+            }
             Ok(Err(e)) => Err(e),
             Ok(Ok(_ack)) => Ok(()),
         }
@@ -157,6 +166,7 @@ async fn connect(weak: Weak<NatsLink>) {
     let js = jetstream::new(client.clone());
     let streams = link.spec.streams.clone();
     let _ = link.client.set((client, js.clone()));
+    let ready = Arc::downgrade(&link);
     drop(link);
     // Streams are the server's state: made once, retried until they are.
     let mut failures = 0u32;
@@ -185,7 +195,11 @@ async fn connect(weak: Weak<NatsLink>) {
             }
         }
         pending = left;
-        if !pending.is_empty() {
+        if pending.is_empty() {
+            if let Some(l) = ready.upgrade() {
+                l.streams_ready.store(true, Ordering::Release);
+            }
+        } else {
             failures += 1;
             tokio::time::sleep(super::jitter(backoff.delay(failures))).await;
         }

@@ -74,6 +74,8 @@ pub struct Subscription {
     started: AtomicBool,
     stop: watch::Sender<Option<Duration>>,
     stopped: watch::Sender<bool>,
+    /// How long deliveries in flight may take when a reload drops the subscription.
+    grace: Duration,
 }
 
 impl Subscription {
@@ -83,6 +85,7 @@ impl Subscription {
         link: Arc<AmqpLink>,
         deliver: Deliver,
         stats: Arc<SubscriptionStats>,
+        grace: Duration,
     ) -> Self {
         Self {
             name: Arc::from(spec.name.as_str()),
@@ -93,6 +96,7 @@ impl Subscription {
             started: AtomicBool::new(false),
             stop: watch::channel(None).0,
             stopped: watch::channel(false).0,
+            grace,
         }
     }
 
@@ -133,7 +137,7 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         // A reload dropped or changed it: stop, letting calls in flight finish.
         if self.stop.borrow().is_none() {
-            self.stop.send_replace(Some(Duration::from_secs(30)));
+            self.stop.send_replace(Some(self.grace));
         }
     }
 }
@@ -239,6 +243,8 @@ impl Runner {
         tag: &str,
     ) -> bool {
         let mut tasks = JoinSet::new();
+        let republishing = Arc::new(tokio::sync::Mutex::new(()));
+        let republish_failures = Arc::new(std::sync::atomic::AtomicU32::new(0));
         loop {
             tokio::select! {
                 _ = self.stop.changed() => {
@@ -264,6 +270,8 @@ impl Runner {
                             deliver: self.deliver.clone(),
                             stats: self.stats.clone(),
                             channel: channel.clone(),
+                            republishing: republishing.clone(),
+                            republish_failures: republish_failures.clone(),
                         };
                         tasks.spawn(job.handle(delivery));
                     }
@@ -287,11 +295,32 @@ struct Job {
     deliver: Arc<Deliver>,
     stats: Arc<SubscriptionStats>,
     channel: Channel,
+    /// One republish at a time on the channel: lapin hands a `basic.return` to whichever
+    /// confirm resolves next, so two in flight could swap their outcomes.
+    republishing: Arc<tokio::sync::Mutex<()>>,
+    /// Failed republishes in a row, for the backoff before a message goes back.
+    republish_failures: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Counts a delivery in flight until dropped (also when its task is aborted).
+struct InFlight(Arc<SubscriptionStats>);
+
+impl InFlight {
+    fn new(stats: &Arc<SubscriptionStats>) -> Self {
+        stats.in_flight.add(1);
+        Self(stats.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.add(-1);
+    }
 }
 
 impl Job {
     async fn handle(self, d: Delivery) {
-        self.stats.in_flight.add(1);
+        let _counted = InFlight::new(&self.stats);
         let attempt = attempt_of(&d);
         let outcome = self.call(&d, attempt).await;
         let done = match outcome {
@@ -329,7 +358,6 @@ impl Job {
         if let Err(e) = done {
             tracing::warn!(subscription = %self.name, error = %e, "cannot settle a delivery; the broker will redeliver it");
         }
-        self.stats.in_flight.add(-1);
     }
 
     /// Publishes a copy of `d` to `queue` (through the default exchange) with the try
@@ -367,11 +395,15 @@ impl Job {
             .clone()
             .with_headers(headers)
             .with_delivery_mode(2);
+        let Ok(target) = ShortString::try_new(queue) else {
+            return Err(format!("`{queue}` is not a queue name"));
+        };
+        let one_at_a_time = self.republishing.lock().await;
         let sent = async {
             self.channel
                 .basic_publish(
                     ShortString::from(""),
-                    ShortString::from(queue),
+                    target,
                     BasicPublishOptions {
                         mandatory: true,
                         immediate: false,
@@ -386,7 +418,9 @@ impl Job {
             tokio::time::timeout(Duration::from_secs(5), sent).await,
             Ok(Ok(Confirmation::Ack(None)))
         );
+        drop(one_at_a_time);
         if confirmed {
+            self.republish_failures.store(0, Ordering::Relaxed);
             counter.inc();
             d.acker
                 .ack(BasicAckOptions::default())
@@ -394,6 +428,15 @@ impl Job {
                 .map(drop)
                 .map_err(|e| e.to_string())
         } else {
+            // Back off before the message comes straight back: the service is not called
+            // again in a hot loop while the delay queue cannot be written.
+            let n = self.republish_failures.fetch_add(1, Ordering::Relaxed) + 1;
+            tokio::time::sleep(crate::brokers::jitter(
+                Duration::from_millis(200)
+                    .saturating_mul(1 << n.min(6))
+                    .min(Duration::from_secs(10)),
+            ))
+            .await;
             self.stats.requeued.inc();
             d.acker
                 .nack(BasicNackOptions {

@@ -115,6 +115,18 @@ pub async fn declare(channel: &Channel, spec: &SubscriptionSpec) -> Result<(), S
             ShortString::from("x-dead-letter-routing-key"),
             AMQPValue::LongString(LongString::from(spec.queue.as_str())),
         );
+        if spec.declare.as_ref().is_some_and(|d| d.quorum) {
+            // A quorum queue dead-letters at most once by default: a message could be
+            // lost on its way back. At least once needs overflow reject-publish.
+            args.insert(
+                ShortString::from("x-dead-letter-strategy"),
+                AMQPValue::LongString(LongString::from("at-least-once")),
+            );
+            args.insert(
+                ShortString::from("x-overflow"),
+                AMQPValue::LongString(LongString::from("reject-publish")),
+            );
+        }
         channel
             .queue_declare(ShortString::from(name.as_str()), durable, args)
             .await

@@ -148,11 +148,14 @@ pub fn validate(spec: &GatewaySpec) -> Result<(), Problems> {
 /// Every plan's limits parse; a consumer's plan is one of them (when plans are given).
 /// One outbox folder serves one broker: its records are relayed there.
 fn check_outboxes(spec: &GatewaySpec, p: &mut Problems) {
-    let mut seen: std::collections::HashMap<&str, &str> = Default::default();
+    let mut seen: std::collections::HashMap<String, &str> = Default::default();
     for (i, r) in spec.routes.iter().enumerate() {
         let Some(pb) = &r.publish else { continue };
         let Some(o) = &pb.outbox else { continue };
-        match seen.get(o.path.as_str()) {
+        // `data/outbox`, `./data/outbox/` and `data//outbox` are one folder.
+        let folder: std::path::PathBuf = std::path::Path::new(&o.path).components().collect();
+        let folder = folder.to_string_lossy().into_owned();
+        match seen.get(folder.as_str()) {
             Some(b) if *b != pb.broker => p.push(
                 format!("routes[{i}].publish.outbox.path"),
                 format!(
@@ -160,7 +163,7 @@ fn check_outboxes(spec: &GatewaySpec, p: &mut Problems) {
                 ),
             ),
             _ => {
-                seen.insert(&o.path, &pb.broker);
+                seen.insert(folder, &pb.broker);
             }
         }
     }

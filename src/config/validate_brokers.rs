@@ -261,6 +261,11 @@ pub(super) fn check_subscriptions(
         }
         if s.queue.is_empty() {
             p.push(format!("{at}.queue"), "must not be empty");
+        } else if s.queue.len() > 200 {
+            p.push(
+                format!("{at}.queue"),
+                "at most 200 bytes (its retry queues add `.retry.N`)",
+            );
         }
         if let Some(d) = &s.declare {
             if let Some(x) = &d.exchange {

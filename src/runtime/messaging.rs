@@ -128,6 +128,7 @@ impl Messaging {
                     link.clone(),
                     deliver,
                     env.metrics.brokers.subscription(&s.name),
+                    spec.server.shutdown_grace.0,
                 )
             });
             out.push(sub);

@@ -243,6 +243,8 @@ impl Publish {
         let body = super::grpc::read_all(body, self.max_body).await?;
         let message = self.message(ctx, &parts, body)?;
         let results = [Some(Value::String(message.id.clone()))];
+        // Rendered first: once the message is handed over, nothing may turn into a 4xx.
+        let answer = self.answer(ctx, &parts, &results)?;
         // The broker's time is this route's upstream time (access log, and the server
         // knows the body was read: the connection stays open).
         let started = tokio::time::Instant::now();
@@ -250,7 +252,7 @@ impl Publish {
         ctx.upstream_time = Some(started.elapsed());
         ctx.upstream = Some(self.broker.clone());
         outcome?;
-        self.answer(ctx, &parts, &results)
+        Ok(answer)
     }
 
     /// Gives `message` to the broker, or to the outbox when it has one and the broker
@@ -271,6 +273,7 @@ impl Publish {
                     }
                     _ => match outbox.append(message).await {
                         Ok(()) => {}
+                        Err(OutboxError::TooLarge) => return Err(GatewayError::PayloadTooLarge),
                         Err(OutboxError::Full) => {
                             self.link.stats().outbox_full.inc();
                             return Err(GatewayError::Publish {
@@ -367,6 +370,13 @@ impl Publish {
                 Destination::Kafka { topic: t, key }
             }
         };
+        if let Destination::Amqp { routing_key, .. } = &to {
+            if routing_key.len() > 255 {
+                return Err(GatewayError::InvalidRequest(
+                    "the routing key is over 255 bytes".into(),
+                ));
+            }
+        }
         let id = parts
             .headers
             .get(IDEMPOTENCY_KEY)
@@ -393,7 +403,14 @@ impl Publish {
         Ok(Message {
             id,
             correlation_id: rid,
-            content_type: text(CONTENT_TYPE.as_str()).map(str::to_string),
+            content_type: match text(CONTENT_TYPE.as_str()) {
+                Some(ct) if ct.len() > 255 => {
+                    return Err(GatewayError::InvalidRequest(
+                        "the content-type is over 255 bytes".into(),
+                    ))
+                }
+                ct => ct.map(str::to_string),
+            },
             timestamp: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),

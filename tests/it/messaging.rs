@@ -378,9 +378,11 @@ async fn a_channel_closed_by_a_broker_error_is_reopened() {
     let gw = gateway(&config(AMQP, &routes, "")).await;
     connected(&gw).await;
     let base = url(&gw, "public");
-    // Publishing to an exchange that does not exist: the broker closes the channel (404).
+    // Publishing to an exchange that does not exist: the broker closes the channel (404),
+    // which will not heal by waiting: 502, like an unroutable message.
     let r = send(post(&format!("{base}/bad"), "x", &[])).await;
-    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.status, 502, "{:?}", r.body);
+    assert_eq!(r.error_code(), "broker_unroutable");
     // The channel is reopened on the same connection; publishing works again.
     eventually(Duration::from_secs(5), "publishing again", || async {
         (send(post(&format!("{base}/good"), "after", &[]))
@@ -1152,4 +1154,56 @@ async fn priority_expiration_and_the_consumer_travel_with_the_message() {
     assert_eq!(*p.delivery_mode(), None, "persistent: false");
     assert_eq!(header(&got[0], "x-consumer").as_deref(), Some("acme"));
     assert_eq!(p.app_id().as_ref().map(|a| a.as_str()), Some("turnpike"));
+}
+
+#[tokio::test]
+async fn values_too_long_for_amqp_are_a_400_never_a_crash() {
+    let (_c, ch) = channel().await;
+    let exchange = unique("long");
+    let queue = bound_queue(&ch, &exchange, "k", FieldTable::default()).await;
+    let routes = format!(
+        "  - name: p\n    match: {{path: /p}}\n    publish: {{broker: events, exchange: {exchange}, routing_key: \"${{header.x-key}}\"}}\n"
+    );
+    let gw = gateway(&config(AMQP, &routes, "")).await;
+    connected(&gw).await;
+    let base = url(&gw, "public");
+    let long = "a".repeat(300);
+    let ct = format!("application/{long}");
+    let r = send(request(
+        "POST",
+        &format!("{base}/p"),
+        &[("content-type", &ct), ("x-key", "k")],
+        "x",
+    ))
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("content-type"));
+    let r = send(request(
+        "POST",
+        &format!("{base}/p"),
+        &[("x-key", &long)],
+        "x",
+    ))
+    .await;
+    assert_eq!(r.status, 400, "{:?}", r.body);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("routing key"));
+    // The gateway and its connection are fine.
+    let r = send(request(
+        "POST",
+        &format!("{base}/p"),
+        &[("x-key", "k")],
+        "ok",
+    ))
+    .await;
+    assert_eq!(r.status, 202);
+    assert_eq!(
+        take(&ch, &queue, 1, Duration::from_secs(5)).await[0].data,
+        b"ok"
+    );
 }

@@ -46,6 +46,8 @@ const RELAY_BATCH: usize = 64;
 pub enum OutboxError {
     /// Undelivered messages already take `max_size`.
     Full,
+    /// The message is larger than an outbox frame may be.
+    TooLarge,
     /// Writing or syncing failed (disk full, I/O error).
     Io(String),
 }
@@ -173,6 +175,9 @@ impl Outbox {
     /// Keeps `m` durably; returns once it is synced to disk.
     pub async fn append(&self, m: &Message) -> Result<(), OutboxError> {
         let payload = m.encode();
+        if payload.len() > MAX_FRAME as usize {
+            return Err(OutboxError::TooLarge);
+        }
         let mut frame = Vec::with_capacity(8 + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());

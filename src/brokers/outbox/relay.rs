@@ -72,11 +72,14 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
             relayed_bytes += n;
         }
         if messages.is_empty() {
-            if let Some(seg) = next_seg {
-                cursor = Pos { seg, off: 0 };
+            match next_seg {
+                Some(seg) => cursor = Pos { seg, off: 0 },
+                // Nothing readable before the committed end (a failed read): wait, then
+                // look again, rather than spinning.
+                None => stalled = true,
             }
         }
-        if relayed > 0 || messages.is_empty() {
+        if relayed > 0 || (messages.is_empty() && next_seg.is_some()) {
             let dir = outbox.dir.clone();
             let at = cursor;
             let _ = tokio::task::spawn_blocking(move || {
