@@ -201,6 +201,132 @@ impl AmqpLink {
         result
     }
 
+    /// Publishes `ms` in order on one channel, all before waiting for their confirms (the
+    /// outbox's relay: one round trip for a batch, and the broker keeps the order of one
+    /// channel). With several in flight, a `basic.return` is matched to its message by
+    /// `message_id`, not by lapin's order. The results are in the order of `ms`.
+    pub async fn publish_window(&self, ms: &[&Message]) -> Vec<Result<(), PublishError>> {
+        let all = |e: PublishError| ms.iter().map(|_| Err(e.clone())).collect();
+        let Some(live) = self.live() else {
+            return all(PublishError::Unavailable("not connected".into()));
+        };
+        if live.conn.status().blocked() {
+            self.stats.blocked_refusals.inc();
+            return all(PublishError::Blocked);
+        }
+        let deadline = tokio::time::Instant::now() + self.spec.confirm_timeout.0;
+        let Ok(mut slot) = tokio::time::timeout_at(deadline, live.channel()).await else {
+            return all(PublishError::Timeout);
+        };
+        if slot.as_ref().is_none_or(|c| !c.status().connected()) {
+            *slot = None;
+            match tokio::time::timeout_at(deadline, publishing_channel(&live.conn)).await {
+                Ok(Ok(c)) => *slot = Some(c),
+                Ok(Err(e)) => return all(PublishError::Unavailable(e)),
+                Err(_) => return all(PublishError::Timeout),
+            }
+        }
+        let Some(channel) = slot.as_ref() else {
+            return all(PublishError::Unavailable("no channel".into()));
+        };
+        let mut results: Vec<Result<(), PublishError>> = Vec::with_capacity(ms.len());
+        let mut pending = Vec::with_capacity(ms.len());
+        for m in ms {
+            let Destination::Amqp {
+                exchange,
+                routing_key,
+                mandatory,
+                ..
+            } = &m.to
+            else {
+                results.push(Err(PublishError::Unroutable("not an AMQP message".into())));
+                pending.push(None);
+                continue;
+            };
+            let parts = (|| Ok((short(exchange)?, short(routing_key)?, properties(m)?)))();
+            let (x, k, p) = match parts {
+                Ok(v) => v,
+                Err(e) => {
+                    results.push(Err(e));
+                    pending.push(None);
+                    continue;
+                }
+            };
+            let options = BasicPublishOptions {
+                mandatory: *mandatory,
+                immediate: false,
+            };
+            match tokio::time::timeout_at(
+                deadline,
+                channel.basic_publish(x, k, options, &m.body, p),
+            )
+            .await
+            {
+                Ok(Ok(confirm)) => {
+                    results.push(Ok(()));
+                    pending.push(Some(confirm));
+                }
+                Ok(Err(e)) => {
+                    results.push(Err(closed(&e)));
+                    pending.push(None);
+                    break;
+                }
+                Err(_) => {
+                    results.push(Err(PublishError::Timeout));
+                    pending.push(None);
+                    break;
+                }
+            }
+        }
+        // Messages after a failed send are not sent: the same error.
+        while results.len() < ms.len() {
+            let e = results
+                .last()
+                .and_then(|r| r.clone().err())
+                .unwrap_or(PublishError::Timeout);
+            results.push(Err(e));
+            pending.push(None);
+        }
+        let mut returned = std::collections::HashSet::new();
+        let mut failed_channel = false;
+        for (i, confirm) in pending.into_iter().enumerate() {
+            let Some(confirm) = confirm else { continue };
+            let outcome = match tokio::time::timeout_at(deadline, confirm).await {
+                Err(_) => Err(PublishError::Timeout),
+                Ok(Err(e)) => Err(closed(&e)),
+                Ok(Ok(c)) => {
+                    let nacked = c.is_nack();
+                    if let Some(r) = c.take_message() {
+                        if let Some(id) = r.delivery.properties.message_id() {
+                            returned.insert(id.to_string());
+                        }
+                    }
+                    if nacked {
+                        Err(PublishError::Nacked)
+                    } else {
+                        Ok(())
+                    }
+                }
+            };
+            if matches!(
+                outcome,
+                Err(PublishError::Timeout | PublishError::Closed(_))
+            ) {
+                failed_channel = true;
+            }
+            results[i] = outcome;
+        }
+        for (m, r) in ms.iter().zip(results.iter_mut()) {
+            if returned.contains(&m.id) {
+                *r = Err(PublishError::Unroutable("returned by the broker".into()));
+            }
+        }
+        if failed_channel || !channel.status().connected() {
+            *slot = None;
+        }
+        results
+    }
+
     async fn connect(&self) -> Result<Live, String> {
         let mut uri = lapin::uri::AMQPUri::from_str(&self.spec.url)?;
         uri.query.heartbeat = Some(self.spec.heartbeat.0.as_secs().min(u16::MAX as u64) as u16);

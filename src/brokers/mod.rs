@@ -182,6 +182,53 @@ impl Link {
         }
     }
 
+    /// Publishes `ms` in order, confirmed together where the broker allows it (AMQP: one
+    /// channel, one round trip), one by one otherwise; a nack is tried again as in
+    /// [`Link::publish`]. The results are in the order of `ms`.
+    pub async fn publish_all(
+        &self,
+        ms: &[&Message],
+        retry: &RetrySpec,
+    ) -> Vec<Result<(), PublishError>> {
+        let stats = self.stats();
+        let first = match self {
+            Link::Amqp(l) => {
+                stats.published.add(ms.len() as u64);
+                l.publish_window(ms).await
+            }
+            _ => {
+                let mut out = Vec::with_capacity(ms.len());
+                for m in ms {
+                    let r = self.publish(m, retry).await;
+                    let stop = r
+                        .as_ref()
+                        .is_err_and(|e| !matches!(e, PublishError::Unroutable(_)));
+                    out.push(r);
+                    if stop {
+                        break;
+                    }
+                }
+                return out;
+            }
+        };
+        let mut out = Vec::with_capacity(ms.len());
+        for (m, r) in ms.iter().zip(first) {
+            stats.record(&r);
+            out.push(match r {
+                Err(PublishError::Nacked) if retry.attempts > 1 => {
+                    tokio::time::sleep(retry.backoff.delay(1)).await;
+                    let again = RetrySpec {
+                        attempts: retry.attempts - 1,
+                        backoff: retry.backoff,
+                    };
+                    self.publish(m, &again).await
+                }
+                other => other,
+            });
+        }
+        out
+    }
+
     /// Publishes with `retry`: a nack is tried again after the backoff, under the same
     /// message id, up to `retry.attempts` tries in all; other failures return at once.
     pub async fn publish(&self, m: &Message, retry: &RetrySpec) -> Result<(), PublishError> {

@@ -1207,3 +1207,51 @@ async fn values_too_long_for_amqp_are_a_400_never_a_crash() {
         b"ok"
     );
 }
+
+#[tokio::test]
+async fn an_unroutable_message_in_a_relayed_batch_is_parked_and_only_it() {
+    let proxy = FaultProxy::start(AMQP.parse::<SocketAddr>().unwrap()).await;
+    let (_c, ch) = channel().await;
+    let exchange = unique("parked");
+    let queue = bound_queue(&ch, &exchange, "good", FieldTable::default()).await;
+    let dir = std::env::temp_dir().join(unique("outbox-parked"));
+    let routes = format!(
+        "  - name: p\n    match: {{path: /p}}\n    publish: {{broker: events, exchange: {exchange}, routing_key: \"${{header.x-key}}\", outbox: {{path: \"{}\"}}}}\n",
+        dir.display()
+    );
+    let gw = gateway(&config(&proxy.addr.to_string(), &routes, "")).await;
+    connected(&gw).await;
+    proxy.set(Fault::Drop);
+    eventually(Duration::from_secs(5), "the drop seen", || async {
+        (metric_value(&gw, "turnpike_broker_connected{broker=\"events\"}") == Some(0)).then_some(())
+    })
+    .await;
+    let base = url(&gw, "public");
+    let mut ids = Vec::new();
+    for (i, key) in ["good", "good", "nowhere", "good", "good"]
+        .iter()
+        .enumerate()
+    {
+        let r = send(post(
+            &format!("{base}/p"),
+            &i.to_string(),
+            &[("x-key", key)],
+        ))
+        .await;
+        assert_eq!(r.status, 202);
+        ids.push(r.json()["message_id"].as_str().unwrap().to_string());
+    }
+    proxy.set(Fault::Pass);
+    // Relayed in one window: the return is matched to its message by id.
+    let got = take(&ch, &queue, 4, Duration::from_secs(15)).await;
+    let bodies: Vec<&[u8]> = got.iter().map(|d| d.data.as_slice()).collect();
+    assert_eq!(bodies, [b"0".as_slice(), b"1", b"3", b"4"]);
+    let parked = eventually(Duration::from_secs(5), "unroutable.log", || {
+        let dir = dir.clone();
+        async move { std::fs::read_to_string(dir.join("unroutable.log")).ok() }
+    })
+    .await;
+    assert_eq!(parked.lines().count(), 1, "{parked}");
+    assert!(parked.contains(&ids[2]), "{parked}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -44,9 +44,16 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
         let mut relayed = 0u64;
         let mut relayed_bytes = 0u64;
         let mut stalled = false;
+        let readable: Vec<&Message> = messages
+            .iter()
+            .filter_map(|(_, _, m)| m.as_ref().ok())
+            .collect();
+        let mut outcomes = link.publish_all(&readable, &retry).await.into_iter();
         for (pos_after, n, m) in &messages {
             let result = match m {
-                Ok(m) => link.publish(m, &retry).await,
+                Ok(_) => outcomes
+                    .next()
+                    .unwrap_or_else(|| Err(PublishError::Unavailable("not sent".into()))),
                 Err(e) => {
                     tracing::error!(outbox = %outbox.dir.display(), error = %e, "unreadable outbox record skipped");
                     Ok(())
