@@ -58,7 +58,13 @@ impl KafkaLink {
                 "message.timeout.ms",
                 self.spec.ack_timeout.0.as_millis().max(1).to_string(),
             )
-            .set("client.id", format!("turnpike-{}", self.name));
+            .set("client.id", format!("turnpike-{}", self.name))
+            // A topic that does not appear within half the ack timeout is reported as
+            // unknown (502), not left to time out (librdkafka waits 30 s by default).
+            .set(
+                "topic.metadata.propagation.max.ms",
+                (self.spec.ack_timeout.0.as_millis() / 2).max(1).to_string(),
+            );
         for (k, v) in &self.spec.properties {
             config.set(k, v);
         }

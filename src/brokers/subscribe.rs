@@ -211,6 +211,23 @@ impl Runner {
             self.stats.consuming.set(1);
             let stopping = self.consume(&channel, consumer, &tag).await;
             self.stats.consuming.set(0);
+            if !stopping {
+                // The consumer ended (cancelled by the broker, channel closed): a short
+                // wait before resubscribing, so that a broker that keeps refusing is not
+                // asked in a hot loop.
+                failures += 1;
+                let wait = super::jitter(
+                    self.spec
+                        .retry
+                        .backoff
+                        .delay(failures)
+                        .min(Duration::from_secs(30)),
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.stop.changed() => {}
+                }
+            }
             if stopping {
                 // Whatever is unacknowledged now goes back to the queue.
                 let _ = channel.close(200, ShortString::from("stopping")).await;

@@ -148,8 +148,10 @@ impl Messaging {
 /// Opens the snapshot's outboxes, starts its connections and subscriptions. An outbox
 /// that cannot be opened (locked by another process, not writable) fails the (re)load.
 pub fn activate(snap: &Snapshot) -> Result<(), ConfigErrors> {
+    // Every outbox opens before any is re-pointed: a reload that fails here leaves the
+    // active snapshot's relays as they were.
     for o in &snap.outboxes {
-        o.activate().map_err(|e| {
+        o.open().map_err(|e| {
             ConfigErrors::one(
                 "publish.outbox.path",
                 format!("cannot open the outbox {}: {e}", o.dir.display()),
@@ -158,6 +160,9 @@ pub fn activate(snap: &Snapshot) -> Result<(), ConfigErrors> {
     }
     for l in &snap.brokers {
         l.start();
+    }
+    for o in &snap.outboxes {
+        o.attach();
     }
     for s in &snap.subscriptions {
         s.start();

@@ -42,16 +42,22 @@ pub struct OutboxSlot {
 }
 
 impl OutboxSlot {
-    /// Opens the folder (or finds it open from an earlier snapshot) and points its relay
-    /// at this snapshot's broker connection.
-    pub fn activate(&self) -> Result<(), String> {
-        if self.open.get().is_some() {
-            return Ok(());
+    /// Opens the folder, or finds it open from an earlier snapshot. Nothing changes for
+    /// the outbox's relay until [`OutboxSlot::attach`].
+    pub fn open(&self) -> Result<(), String> {
+        if self.open.get().is_none() {
+            let o = Outbox::shared(&self.dir, self.max_size)?;
+            let _ = self.open.set(o);
         }
-        let o = Outbox::shared(&self.dir, self.max_size)?;
-        o.attach(self.link.clone(), self.max_size, self.retry);
-        let _ = self.open.set(o);
         Ok(())
+    }
+
+    /// Points the opened outbox's relay at this snapshot's broker connection (once every
+    /// outbox of the snapshot opened).
+    pub fn attach(&self) {
+        if let Some(o) = self.open.get() {
+            o.attach(self.link.clone(), self.max_size, self.retry);
+        }
     }
 }
 

@@ -154,11 +154,22 @@ impl Outbox {
 
     /// Points the relay at `link` (the route's broker in the active snapshot).
     pub fn attach(&self, link: Link, max_size: u64, retry: RetrySpec) {
+        // The gauges are per broker, summed over its outboxes: this one's share moves
+        // from the broker it was attached to (if another) to the new one.
         let stats = link.stats().clone();
-        stats.outbox_depth.set(self.depth() as i64);
-        stats
-            .outbox_bytes
-            .set(self.bytes.load(Ordering::Relaxed) as i64);
+        let before = self.stats();
+        if before.as_ref().is_none_or(|b| !Arc::ptr_eq(b, &stats)) {
+            let (d, b) = (
+                self.depth() as i64,
+                self.bytes.load(Ordering::Relaxed) as i64,
+            );
+            if let Some(old) = before {
+                old.outbox_depth.add(-d);
+                old.outbox_bytes.add(-b);
+            }
+            stats.outbox_depth.add(d);
+            stats.outbox_bytes.add(b);
+        }
         self.link.store(Some(Arc::new(link)));
         self.max_size.store(max_size, Ordering::Relaxed);
         if let Ok(mut r) = self.retry.lock() {

@@ -62,8 +62,14 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
             match result {
                 Ok(()) => {}
                 Err(PublishError::Unroutable(reason)) => {
-                    if let Ok(m) = m {
-                        park_unroutable(&outbox.dir, m, &reason);
+                    let kept = match m {
+                        Ok(m) => park_unroutable(&outbox.dir, m, &reason),
+                        Err(_) => true,
+                    };
+                    if !kept {
+                        // Not written anywhere yet: it stays in the outbox.
+                        stalled = true;
+                        break;
                     }
                 }
                 Err(e) => {
@@ -90,12 +96,15 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
             let dir = outbox.dir.clone();
             let at = cursor;
             let _ = tokio::task::spawn_blocking(move || {
-                if write_cursor(&dir, at).is_ok() {
-                    for seg in segments(&dir) {
-                        if seg < at.seg {
-                            let _ = fs::remove_file(seg_path(&dir, seg));
-                        }
+                // Passed segments first: on a full disk that frees the room the cursor
+                // file needs (opening recovers from a cursor whose segment is gone).
+                for seg in segments(&dir) {
+                    if seg < at.seg {
+                        let _ = fs::remove_file(seg_path(&dir, seg));
                     }
+                }
+                if let Err(e) = write_cursor(&dir, at) {
+                    tracing::warn!(outbox = %dir.display(), error = %e, "cannot write the outbox cursor; relayed messages may be relayed again after a restart");
                 }
             })
             .await;
@@ -124,8 +133,9 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
     }
 }
 
-/// Keeps a message no queue takes, for an operator to look at.
-fn park_unroutable(dir: &Path, m: &Message, reason: &str) {
+/// Keeps a message no queue takes, for an operator to look at; `false` when it could not
+/// be written (then it must stay in the outbox).
+fn park_unroutable(dir: &Path, m: &Message, reason: &str) -> bool {
     tracing::error!(outbox = %dir.display(), message_id = %m.id, key = %m.key(), %reason, "outbox message is unroutable; kept in unroutable.log");
     let line = serde_json::json!({"reason": reason, "message": m});
     let written = OpenOptions::new()
@@ -138,5 +148,7 @@ fn park_unroutable(dir: &Path, m: &Message, reason: &str) {
         });
     if let Err(e) = written {
         tracing::error!(outbox = %dir.display(), error = %e, "cannot write unroutable.log");
+        return false;
     }
+    true
 }
