@@ -48,7 +48,7 @@ fn tansu_binary() -> String {
 }
 
 async fn tansu() -> Tansu {
-    let addr = closed_port().await;
+    let addr = free_port().await;
     let child = Command::new(tansu_binary())
         .args([
             "broker",

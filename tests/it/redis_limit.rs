@@ -406,7 +406,7 @@ impl Drop for PrivateRedis {
 #[tokio::test]
 async fn a_script_flush_and_a_redis_restart_leave_nothing_stuck() {
     let up = echo("app").await;
-    let port = closed_port().await.port();
+    let port = free_port().await.port();
     let server = PrivateRedis::start(port).await;
     let addr = format!("127.0.0.1:{}", server.port);
     let p = prefix("restart");

@@ -966,7 +966,7 @@ async fn the_resilience_example_runs_as_documented() {
     // The same file on free ports; 8185 stays a port nothing listens on.
     let mut yaml = text.clone();
     for port in ["8080", "8181", "8182", "8183", "8184", "9901"] {
-        let free = closed_port().await.port().to_string();
+        let free = free_port().await.port().to_string();
         yaml = yaml.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{free}"));
     }
     let dead = closed_port().await.port().to_string();

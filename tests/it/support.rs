@@ -299,8 +299,21 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], within: Duration) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A port with nothing listening on it.
+/// A port that refuses connections for as long as the tests run: bound by a socket that
+/// never listens (and is kept), so that no other test's server can take the port over
+/// (a freed ephemeral port can be handed to the next `bind(0)`).
 pub async fn closed_port() -> SocketAddr {
+    static KEPT: std::sync::Mutex<Vec<socket2::Socket>> = std::sync::Mutex::new(Vec::new());
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    KEPT.lock().unwrap().push(s);
+    addr
+}
+
+/// A port free now, for a server the test starts on it.
+pub async fn free_port() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
