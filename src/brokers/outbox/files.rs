@@ -124,12 +124,25 @@ pub(super) type Read3 = (Pos, u64, Result<Message, String>);
 
 /// Up to [`RELAY_BATCH`] messages from `from` (not past `end`), each with the position
 /// after it and its size; at the end of a segment that is not the last, the next one.
+#[cfg(test)]
 pub(super) fn read_batch(dir: &Path, from: Pos, end: Pos) -> (Vec<Read3>, Option<u64>) {
+    let (out, next, _) = read_batch_skipping(dir, from, end);
+    (out, next)
+}
+
+/// [`read_batch`], and where a corrupt frame made it skip to (the end of the committed
+/// part of that segment), if one did.
+pub(super) fn read_batch_skipping(
+    dir: &Path,
+    from: Pos,
+    end: Pos,
+) -> (Vec<Read3>, Option<u64>, Option<Pos>) {
     let mut out = Vec::new();
+    let mut skipped = None;
     let Ok(mut f) = File::open(seg_path(dir, from.seg)) else {
         // A missing segment: go on with the next one that exists.
         let next = segments(dir).into_iter().find(|&s| s > from.seg);
-        return (out, next.or((from.seg < end.seg).then_some(end.seg)));
+        return (out, next.or((from.seg < end.seg).then_some(end.seg)), None);
     };
     let limit = if from.seg == end.seg {
         end.off
@@ -137,14 +150,19 @@ pub(super) fn read_batch(dir: &Path, from: Pos, end: Pos) -> (Vec<Read3>, Option
         f.metadata().map(|m| m.len()).unwrap_or(0)
     };
     if f.seek(SeekFrom::Start(from.off)).is_err() {
-        return (out, None);
+        return (out, None, None);
     }
     let mut reader = std::io::BufReader::new(f);
     let mut off = from.off;
     while out.len() < RELAY_BATCH && off < limit {
         let Some(payload) = read_frame(&mut reader) else {
-            // Corrupt in a finished segment: skip to its end.
+            // Corrupt: skip to the end of what is committed in this segment (a frame
+            // boundary), never reading the same bad bytes again.
             off = limit;
+            skipped = Some(Pos {
+                seg: from.seg,
+                off: limit,
+            });
             break;
         };
         let n = 8 + payload.len() as u64;
@@ -152,5 +170,5 @@ pub(super) fn read_batch(dir: &Path, from: Pos, end: Pos) -> (Vec<Read3>, Option
         out.push((Pos { seg: from.seg, off }, n, Message::decode(&payload)));
     }
     let next = (off >= limit && from.seg < end.seg).then_some(from.seg + 1);
-    (out, next)
+    (out, next, skipped)
 }

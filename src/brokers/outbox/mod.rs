@@ -369,6 +369,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn corrupt_bytes_are_skipped_once_and_never_read_again() {
+        let dir = std::env::temp_dir().join(format!("tp-outbox-{}", uuid::Uuid::now_v7()));
+        let o = Outbox::open(&dir, 1 << 20).unwrap();
+        for i in 0..3 {
+            o.append(&msg(i)).await.unwrap();
+        }
+        let end = *o.committed.lock().unwrap();
+        drop(o);
+        // Damage the second frame's payload (its checksum no longer matches).
+        let seg = seg_path(&dir, 1);
+        let mut bytes = fs::read(&seg).unwrap();
+        let frame = bytes.len() / 3;
+        bytes[frame + 20] ^= 0xff;
+        fs::write(&seg, &bytes).unwrap();
+        let (batch, next, skipped) =
+            super::files::read_batch_skipping(&dir, Pos { seg: 1, off: 0 }, end);
+        let ids: Vec<String> = batch.into_iter().map(|(_, _, m)| m.unwrap().id).collect();
+        assert_eq!(ids, ["m-0"], "the good frame before the damage");
+        assert_eq!(next, None);
+        assert_eq!(
+            skipped,
+            Some(end),
+            "skipped to the committed end, a frame boundary"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
     async fn a_full_outbox_refuses_and_a_second_opener_is_refused() {
         let dir = std::env::temp_dir().join(format!("tp-outbox-{}", uuid::Uuid::now_v7()));
         let o = Outbox::open(&dir, 1 << 20).unwrap();

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Weak;
 use std::time::Duration;
 
-use super::files::{read_batch, seg_path, segments, write_cursor};
+use super::files::{read_batch_skipping, seg_path, segments, write_cursor};
 use super::{Outbox, Pos};
 use crate::brokers::{Message, PublishError};
 use crate::config::brokers::{BackoffSpec, RetrySpec};
@@ -30,8 +30,9 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
         };
         let dir = outbox.dir.clone();
         let from = cursor;
-        let read = tokio::task::spawn_blocking(move || read_batch(&dir, from, committed)).await;
-        let Ok((messages, next_seg)) = read else {
+        let read =
+            tokio::task::spawn_blocking(move || read_batch_skipping(&dir, from, committed)).await;
+        let Ok((messages, next_seg, skipped)) = read else {
             return;
         };
         let retry = outbox.retry.lock().map(|r| *r).unwrap_or(RetrySpec {
@@ -84,7 +85,20 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
             relayed += 1;
             relayed_bytes += n;
         }
-        if messages.is_empty() {
+        if let (Some(to), false) = (skipped, stalled) {
+            // Corrupt bytes were passed over (only a damaged disk gets here): move past
+            // them rather than reading them again. Their bytes are counted out; how many
+            // messages they held is unknown, so the depth stays above zero and the route
+            // keeps queueing behind the outbox, which is slower but loses nothing.
+            tracing::error!(outbox = %outbox.dir.display(), segment = to.seg, offset = to.off, "corrupt outbox frames skipped");
+            if to > cursor {
+                if to.seg == cursor.seg {
+                    relayed_bytes += to.off - cursor.off;
+                }
+                cursor = to;
+            }
+        }
+        if messages.is_empty() && skipped.is_none() {
             match next_seg {
                 Some(seg) => cursor = Pos { seg, off: 0 },
                 // Nothing readable before the committed end (a failed read): wait, then
@@ -92,7 +106,7 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
                 None => stalled = true,
             }
         }
-        if relayed > 0 || (messages.is_empty() && next_seg.is_some()) {
+        if relayed > 0 || skipped.is_some() || (messages.is_empty() && next_seg.is_some()) {
             let dir = outbox.dir.clone();
             let at = cursor;
             let _ = tokio::task::spawn_blocking(move || {
