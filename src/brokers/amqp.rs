@@ -24,7 +24,6 @@ use arc_swap::ArcSwapOption;
 use futures_util::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{watch, Notify};
 
@@ -124,81 +123,12 @@ impl AmqpLink {
         self.generation.subscribe()
     }
 
-    /// Publishes `m` and waits for the broker's confirm.
+    /// Publishes `m` and waits for the broker's confirm: a window of one.
     pub async fn publish(&self, m: &Message) -> Result<(), PublishError> {
-        let Destination::Amqp {
-            exchange,
-            routing_key,
-            mandatory,
-            ..
-        } = &m.to
-        else {
-            return Err(PublishError::Unavailable(
-                "an AMQP broker cannot take a NATS message".into(),
-            ));
-        };
-        let Some(live) = self.live() else {
-            return Err(PublishError::Unavailable("not connected".into()));
-        };
-        if live.conn.status().blocked() {
-            self.stats.blocked_refusals.inc();
-            return Err(PublishError::Blocked);
-        }
-        let (exchange, routing_key, props) =
-            (short(exchange)?, short(routing_key)?, properties(m)?);
-        let options = BasicPublishOptions {
-            mandatory: *mandatory,
-            immediate: false,
-        };
-        let deadline = tokio::time::Instant::now() + self.spec.confirm_timeout.0;
-        let Ok(mut slot) = tokio::time::timeout_at(deadline, live.channel()).await else {
-            return Err(PublishError::Timeout);
-        };
-        if slot.as_ref().is_none_or(|c| !c.status().connected()) {
-            *slot = None;
-            match tokio::time::timeout_at(deadline, publishing_channel(&live.conn)).await {
-                Ok(Ok(c)) => *slot = Some(c),
-                Ok(Err(e)) => {
-                    self.wake.notify_one();
-                    return Err(PublishError::Unavailable(format!(
-                        "cannot open a channel: {e}"
-                    )));
-                }
-                Err(_) => return Err(PublishError::Timeout),
-            }
-        }
-        let Some(channel) = slot.as_ref() else {
-            return Err(PublishError::Unavailable("no channel".into()));
-        };
-        let sent = async {
-            channel
-                .basic_publish(exchange, routing_key, options, &m.body, props)
-                .await?
-                .await
-        };
-        let result = match tokio::time::timeout_at(deadline, sent).await {
-            Err(_) => Err(PublishError::Timeout),
-            Ok(Err(e)) => Err(closed(&e)),
-            Ok(Ok(Confirmation::Ack(None))) => Ok(()),
-            Ok(Ok(Confirmation::Ack(Some(r)) | Confirmation::Nack(Some(r)))) => Err(
-                PublishError::Unroutable(format!("{} {}", r.reply_code, r.reply_text.as_str())),
-            ),
-            Ok(Ok(Confirmation::Nack(None))) => Err(PublishError::Nacked),
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Closed(
-                "the channel is not in confirm mode".into(),
-            )),
-        };
-        if matches!(result, Err(PublishError::Timeout | PublishError::Closed(_)))
-            || !channel.status().connected()
-        {
-            // A confirm still owed, or a failed channel: never reused (dropping closes it).
-            *slot = None;
-            if let Err(PublishError::Closed(e)) = &result {
-                self.stats.channel_reopens.inc();
-                tracing::warn!(broker = %self.name, error = %e, "publishing channel failed; a new one is opened on next use");
-            }
-        }
-        result
+        self.publish_window(&[m])
+            .await
+            .pop()
+            .unwrap_or(Err(PublishError::Timeout))
     }
 
     /// Publishes `ms` in order on one channel, all before waiting for their confirms (the
@@ -287,7 +217,7 @@ impl AmqpLink {
             results.push(Err(e));
             pending.push(None);
         }
-        let mut returned = std::collections::HashSet::new();
+        let mut returned = std::collections::HashMap::new();
         let mut failed_channel = false;
         for (i, confirm) in pending.into_iter().enumerate() {
             let Some(confirm) = confirm else { continue };
@@ -298,7 +228,8 @@ impl AmqpLink {
                     let nacked = c.is_nack();
                     if let Some(r) = c.take_message() {
                         if let Some(id) = r.delivery.properties.message_id() {
-                            returned.insert(id.to_string());
+                            let why = format!("{} {}", r.reply_code, r.reply_text.as_str());
+                            returned.insert(id.to_string(), why);
                         }
                     }
                     if nacked {
@@ -317,12 +248,15 @@ impl AmqpLink {
             results[i] = outcome;
         }
         for (m, r) in ms.iter().zip(results.iter_mut()) {
-            if returned.contains(&m.id) {
-                *r = Err(PublishError::Unroutable("returned by the broker".into()));
+            if let Some(why) = returned.remove(&m.id) {
+                *r = Err(PublishError::Unroutable(why));
             }
         }
         if failed_channel || !channel.status().connected() {
+            // A confirm still owed, or a failed channel: never reused (dropping closes it).
             *slot = None;
+            self.stats.channel_reopens.inc();
+            tracing::warn!(broker = %self.name, "publishing channel dropped; a new one is opened on next use");
         }
         results
     }

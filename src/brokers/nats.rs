@@ -171,7 +171,7 @@ async fn connect(weak: Weak<NatsLink>) {
     // Streams are the server's state: made once, retried until they are.
     let mut failures = 0u32;
     let backoff = crate::config::brokers::BackoffSpec {
-        base: crate::config::Dur(std::time::Duration::from_millis(200)),
+        base: crate::config::Dur::ms(200),
         max: crate::config::Dur::secs(10),
     };
     let mut pending = streams;

@@ -175,17 +175,7 @@ impl Runner {
                     if failures == 1 {
                         tracing::error!(subscription = %self.name, error = %e, "subscription cannot start; retrying with backoff");
                     }
-                    let wait = super::jitter(
-                        self.spec
-                            .retry
-                            .backoff
-                            .delay(failures)
-                            .min(Duration::from_secs(30)),
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = self.stop.changed() => {}
-                    }
+                    self.pause(failures).await;
                     continue;
                 }
             };
@@ -216,17 +206,7 @@ impl Runner {
                 // wait before resubscribing, so that a broker that keeps refusing is not
                 // asked in a hot loop.
                 failures += 1;
-                let wait = super::jitter(
-                    self.spec
-                        .retry
-                        .backoff
-                        .delay(failures)
-                        .min(Duration::from_secs(30)),
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(wait) => {}
-                    _ = self.stop.changed() => {}
-                }
+                self.pause(failures).await;
             }
             if stopping {
                 // Whatever is unacknowledged now goes back to the queue.
@@ -234,6 +214,16 @@ impl Runner {
                 tracing::info!(subscription = %self.name, "stopped consuming");
                 return;
             }
+        }
+    }
+
+    /// Waits the backoff for `failures` (at most 30 s), or until a stop is asked.
+    async fn pause(&mut self, failures: u32) {
+        let wait = self.spec.retry.backoff.delay(failures);
+        let wait = super::jitter(wait.min(Duration::from_secs(30)));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = self.stop.changed() => {}
         }
     }
 

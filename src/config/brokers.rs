@@ -96,27 +96,8 @@ pub struct NatsStreamSpec {
     pub duplicate_window: Dur,
 }
 
-/// Exponential backoff.
-#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BackoffSpec {
-    /// The first wait.
-    pub base: Dur,
-    /// The longest wait.
-    pub max: Dur,
-}
-
-impl BackoffSpec {
-    /// The wait before try `n + 1` after `n` failures (n ≥ 1): `base * 2^(n-1)`, at most `max`.
-    pub fn delay(&self, n: u32) -> std::time::Duration {
-        let shift = n.saturating_sub(1).min(30);
-        self.base
-            .0
-            .checked_mul(1u32 << shift)
-            .unwrap_or(self.max.0)
-            .min(self.max.0)
-    }
-}
+/// Exponential backoff (`{base, max}`): the same spec as an upstream's `retry.backoff`.
+pub use super::resilience::BackoffSpec;
 
 /// The `publish` target: the request becomes one message.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -308,6 +289,13 @@ fn reconnect() -> BackoffSpec {
         max: Dur::secs(10),
     }
 }
+impl RetrySpec {
+    /// A publish's default: 3 tries, 50 ms then 100 ms apart (at most 500 ms).
+    pub fn nack_default() -> Self {
+        nack_retry()
+    }
+}
+
 fn nack_retry() -> RetrySpec {
     RetrySpec {
         attempts: 3,

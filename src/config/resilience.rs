@@ -346,6 +346,19 @@ impl Default for BackoffSpec {
     }
 }
 
+impl BackoffSpec {
+    /// The wait before try `n + 1` after `n` failures (n ≥ 1), without jitter:
+    /// `base * 2^(n-1)`, at most `max`.
+    pub fn delay(&self, n: u32) -> std::time::Duration {
+        let shift = n.saturating_sub(1).min(30);
+        self.base
+            .0
+            .checked_mul(1u32 << shift)
+            .unwrap_or(self.max.0)
+            .min(self.max.0)
+    }
+}
+
 /// `retry.budget`: retries across the upstream over a 10 s window may be at most
 /// `ratio` of its requests, plus `min_per_second` (Finagle's retry budget).
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]

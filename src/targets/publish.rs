@@ -348,7 +348,7 @@ impl Publish {
                     || s.split('.').any(str::is_empty)
                 {
                     return Err(GatewayError::InvalidRequest(format!(
-                        "`{s}` is not a NATS subject"
+                        "`{s}` is not a NATS subject (a variable of `subject` may have rendered empty)"
                     )));
                 }
                 Destination::Nats { subject: s }

@@ -146,6 +146,14 @@ async fn connected(gw: &turnpike::Gateway) {
     .await;
 }
 
+/// Waits until the gateway saw its broker connection go.
+async fn disconnected(gw: &turnpike::Gateway) {
+    eventually(Duration::from_secs(5), "the drop seen", || async {
+        (metric_value(gw, "turnpike_broker_connected{broker=\"events\"}") == Some(0)).then_some(())
+    })
+    .await;
+}
+
 fn post(url: &str, body: &str, headers: &[(&str, &str)]) -> Request<Full<Bytes>> {
     let mut all = vec![("content-type", "application/json")];
     all.extend_from_slice(headers);
@@ -340,10 +348,7 @@ async fn a_broker_down_or_stalled_is_a_503_never_a_2xx() {
     assert!(started.elapsed() < Duration::from_secs(3));
     // Down: refused at once, and reconnected in the background when it is back.
     proxy.set(Fault::Drop);
-    eventually(Duration::from_secs(5), "the drop seen", || async {
-        (metric_value(&gw, "turnpike_broker_connected{broker=\"events\"}") == Some(0)).then_some(())
-    })
-    .await;
+    disconnected(&gw).await;
     let r = send(post(&format!("{base}/p"), "down", &[])).await;
     assert_eq!(r.status, 503);
     assert_eq!(r.error_code(), "broker_unavailable");
@@ -415,10 +420,7 @@ async fn the_outbox_answers_while_the_broker_is_down_and_relays_in_order() {
     let gw = gateway(&config(&proxy.addr.to_string(), &routes, "")).await;
     connected(&gw).await;
     proxy.set(Fault::Drop);
-    eventually(Duration::from_secs(5), "the drop seen", || async {
-        (metric_value(&gw, "turnpike_broker_connected{broker=\"events\"}") == Some(0)).then_some(())
-    })
-    .await;
+    disconnected(&gw).await;
     let base = url(&gw, "public");
     let mut ids = Vec::new();
     for i in 0..20 {
@@ -484,6 +486,7 @@ async fn a_full_outbox_is_a_503() {
 struct Notifier {
     tries: Arc<Mutex<Vec<(String, String, String)>>>,
     traceparents: Arc<Mutex<Vec<String>>>,
+    sources: Arc<Mutex<Vec<String>>>,
     active: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
 }
@@ -511,6 +514,7 @@ async fn notifier(fail: usize, pause: Duration) -> (Upstream, Notifier) {
                 earlier
             };
             n.traceparents.lock().unwrap().push(h("traceparent"));
+            n.sources.lock().unwrap().push(h("x-source"));
             tokio::time::sleep(pause).await;
             n.active.fetch_sub(1, Ordering::SeqCst);
             let status = if earlier < fail { 500 } else { 204 };
@@ -526,7 +530,7 @@ async fn notifier(fail: usize, pause: Duration) -> (Upstream, Notifier) {
 fn subscription(exchange: &str, queue: &str, notifier: SocketAddr, prefetch: u16) -> String {
     let routes = "  - name: health\n    match: {path: /health}\n    respond: {status: 200}\n";
     format!(
-        "listeners:\n  - {{name: public, address: \"127.0.0.1:0\"}}\n{}upstreams:\n  notifier: {{endpoints: [\"{notifier}\"]}}\nroutes:\n{routes}subscriptions:\n  - name: notify\n    broker: events\n    queue: {queue}\n    declare:\n      exchange: {{name: {exchange}, kind: direct}}\n      bindings: [order.created, order.paid]\n      dead_letter: {queue}.dlq\n    deliver: {{upstream: notifier, path: /hooks/order, method: POST, timeout: 2s}}\n    retry: {{attempts: 3, backoff: {{base: 100ms, max: 400ms}}}}\n    prefetch: {prefetch}\n",
+        "listeners:\n  - {{name: public, address: \"127.0.0.1:0\"}}\n{}upstreams:\n  notifier: {{endpoints: [\"{notifier}\"]}}\nroutes:\n{routes}subscriptions:\n  - name: notify\n    broker: events\n    queue: {queue}\n    declare:\n      exchange: {{name: {exchange}, kind: direct}}\n      bindings: [order.created, order.paid]\n      dead_letter: {queue}.dlq\n      arguments: {{x-max-length: 1000}}\n    deliver: {{upstream: notifier, path: /hooks/order, method: POST, timeout: 2s, headers: {{x-source: turnpike}}}}\n    retry: {{attempts: 3, backoff: {{base: 100ms, max: 400ms}}}}\n    prefetch: {prefetch}\n",
         broker(AMQP, "")
     )
 }
@@ -606,6 +610,10 @@ async fn a_service_that_fails_twice_gets_the_message_on_the_third_try() {
             .all(|t| t == TRACEPARENT),
         "the message's traceparent travels on every try"
     );
+    assert!(
+        n.sources.lock().unwrap().iter().all(|s| s == "turnpike"),
+        "deliver.headers on every call"
+    );
     assert_eq!(
         metric_value(
             &gw,
@@ -670,6 +678,19 @@ async fn prefetch_bounds_the_calls_in_flight() {
         2,
         "never more than prefetch, and used"
     );
+    // declare.arguments reached the broker: a declaration without them is refused.
+    let (_c2, other) = channel().await;
+    let plain = other
+        .queue_declare(
+            ShortString::from(queue.as_str()),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await;
+    assert!(plain.is_err(), "x-max-length differs: PRECONDITION_FAILED");
 }
 
 #[tokio::test]
@@ -1222,10 +1243,7 @@ async fn an_unroutable_message_in_a_relayed_batch_is_parked_and_only_it() {
     let gw = gateway(&config(&proxy.addr.to_string(), &routes, "")).await;
     connected(&gw).await;
     proxy.set(Fault::Drop);
-    eventually(Duration::from_secs(5), "the drop seen", || async {
-        (metric_value(&gw, "turnpike_broker_connected{broker=\"events\"}") == Some(0)).then_some(())
-    })
-    .await;
+    disconnected(&gw).await;
     let base = url(&gw, "public");
     let mut ids = Vec::new();
     for (i, key) in ["good", "good", "nowhere", "good", "good"]
@@ -1254,4 +1272,40 @@ async fn an_unroutable_message_in_a_relayed_batch_is_parked_and_only_it() {
     assert_eq!(parked.lines().count(), 1, "{parked}");
     assert!(parked.contains(&ids[2]), "{parked}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn core_nats_publishes_are_flushed_to_the_server() {
+    let subject = format!("tp.core.{}", uuid::Uuid::now_v7().simple());
+    let client = async_nats::connect("127.0.0.1:4222")
+        .await
+        .expect("NATS at 127.0.0.1:4222");
+    let mut sub = client.subscribe(subject.clone()).await.unwrap();
+    client.flush().await.unwrap();
+    let yaml = format!(
+        "listeners:\n  - {{name: public, address: \"127.0.0.1:0\"}}\nbrokers:\n  core:\n    nats: {{url: \"nats://127.0.0.1:4222\"}}\nroutes:\n  - name: p\n    match: {{path: /p}}\n    publish: {{broker: core, subject: \"{subject}\"}}\n"
+    );
+    let gw = gateway(&yaml).await;
+    let r = eventually(Duration::from_secs(10), "a 202", || async {
+        let r = send(post(
+            &format!("{}/p", url(&gw, "public")),
+            "hello",
+            &[("x-request-id", "core-1")],
+        ))
+        .await;
+        (r.status == 202).then_some(r)
+    })
+    .await;
+    let id = r.json()["message_id"].as_str().unwrap().to_string();
+    let m = tokio::time::timeout(
+        Duration::from_secs(5),
+        futures_util::StreamExt::next(&mut sub),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(m.payload.as_ref(), b"hello");
+    let h = m.headers.unwrap();
+    assert_eq!(h.get("Nats-Msg-Id").unwrap().as_str(), id);
+    assert_eq!(h.get("x-request-id").unwrap().as_str(), "core-1");
 }

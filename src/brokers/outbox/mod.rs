@@ -22,7 +22,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
 
 mod files;
 mod relay;
@@ -33,8 +32,7 @@ use arc_swap::ArcSwapOption;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::{Link, Message};
-use crate::config::brokers::{BackoffSpec, RetrySpec};
-use crate::config::Dur;
+use crate::config::brokers::RetrySpec;
 
 /// The largest frame read back (a corrupt length never allocates more).
 const MAX_FRAME: u32 = 64 << 20;
@@ -126,13 +124,7 @@ impl Outbox {
             depth: AtomicU64::new(depth),
             bytes: AtomicU64::new(bytes),
             link: ArcSwapOption::empty(),
-            retry: Mutex::new(RetrySpec {
-                attempts: 3,
-                backoff: BackoffSpec {
-                    base: Dur(Duration::from_millis(50)),
-                    max: Dur(Duration::from_millis(500)),
-                },
-            }),
+            retry: Mutex::new(RetrySpec::nack_default()),
             wake: Notify::new(),
             _lock: lock,
         });
@@ -345,7 +337,7 @@ mod tests {
         let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
         f.write_all(&[200, 0, 0, 0, 1, 2]).unwrap();
         drop(f);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
         let o = loop {
             match Outbox::open(&dir, 1 << 20) {
                 Ok(o) => break o,

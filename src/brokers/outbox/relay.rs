@@ -12,7 +12,7 @@ use std::time::Duration;
 use super::files::{read_batch_skipping, seg_path, segments, write_cursor};
 use super::{Outbox, Pos};
 use crate::brokers::{Message, PublishError};
-use crate::config::brokers::{BackoffSpec, RetrySpec};
+use crate::config::brokers::BackoffSpec;
 use crate::config::Dur;
 
 /// The relay task: publishes what the writer synced, in order, until the outbox closes.
@@ -35,13 +35,7 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
         let Ok((messages, next_seg, skipped)) = read else {
             return;
         };
-        let retry = outbox.retry.lock().map(|r| *r).unwrap_or(RetrySpec {
-            attempts: 1,
-            backoff: BackoffSpec {
-                base: Dur::secs(1),
-                max: Dur::secs(1),
-            },
-        });
+        let retry = *outbox.retry.lock().unwrap_or_else(|e| e.into_inner());
         let mut relayed = 0u64;
         let mut relayed_bytes = 0u64;
         let mut stalled = false;
@@ -132,7 +126,7 @@ pub(super) async fn relay(weak: Weak<Outbox>, mut cursor: Pos) {
         if stalled {
             failures += 1;
             let wait = BackoffSpec {
-                base: Dur(Duration::from_millis(100)),
+                base: Dur::ms(100),
                 max: Dur::secs(5),
             }
             .delay(failures);
